@@ -1,0 +1,55 @@
+"""Gateway settings from VISIONMESH_* environment variables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+
+from visionmesh.common.settings import ServiceSettings
+
+
+class GatewaySettings(ServiceSettings):
+    """What the gateway needs: its ports, SQL, the event bus, the object store, peers."""
+
+    service_name: str = "gateway"
+    grpc_port: int = Field(default=50051, ge=0, le=65535, description="gRPC listen port")
+    rest_host: str = Field(default="127.0.0.1", description="interface the REST server binds")
+    rest_port: int = Field(default=8080, ge=0, le=65535, description="REST/JSON listen port")
+    database_url: str = Field(
+        default="",
+        description="SQLAlchemy URL (postgresql://... or sqlite:///...); "
+        "empty means a SQLite file in the data dir",
+    )
+    nats_url: str = Field(description="the NATS JetStream server address (nats://host:4222)")
+    s3_endpoint: str = Field(description="the S3 API endpoint host:port (MinIO, SeaweedFS)")
+    s3_public_endpoint: str = Field(
+        default="", description="host:port clients use for presigned URLs; default s3_endpoint"
+    )
+    s3_access_key: str = Field(description="S3 access key")
+    s3_secret_key: str = Field(description="S3 secret key")
+    s3_bucket: str = Field(default="visionmesh", description="bucket for datasets and artifacts")
+    s3_secure: bool = Field(default=False, description="use HTTPS for S3")
+    s3_region: str = Field(default="us-east-1", description="S3 region")
+    training_addr: str = Field(description="the training service's gRPC address (host:port)")
+    signing_key_file: Path | None = Field(
+        default=None,
+        description="Ed25519 private key (PEM) signing access and service tokens; "
+        "generated in the data dir when unset",
+    )
+    access_token_ttl_seconds: int = Field(default=3600, gt=0, description="access JWT lifetime")
+    open_signup: bool = Field(
+        default=False, description="let anyone sign up (otherwise admins only, after the first)"
+    )
+    dataset_max_bytes: int = Field(
+        default=2 * 1024**3, gt=0, description="largest dataset archive accepted"
+    )
+    presign_ttl_seconds: int = Field(default=3600, gt=0, description="presigned URL lifetime")
+    outbox_poll_seconds: float = Field(
+        default=0.5, gt=0, description="how often the outbox relay looks for unpublished rows"
+    )
+
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'gateway.db').resolve()}"

@@ -1,0 +1,249 @@
+"""Applies workers' job events to jobs, metrics, artifacts and the model registry."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime
+
+from google.protobuf import json_format
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from visionmesh.api.common.v1 import artifact_pb2
+from visionmesh.api.events.v1 import events_pb2
+from visionmesh.api.gateway.v1 import jobs_pb2
+from visionmesh.common.db import Database
+from visionmesh.common.events import EventBus
+from visionmesh.common.logging import get_logger
+from visionmesh.common.subjects import JOB_EVENTS_STREAM, JOB_EVENTS_SUBJECTS
+from visionmesh.gateway.core import convert, states
+from visionmesh.gateway.core.jobs import JobWatchers, append_event, now, state_event
+from visionmesh.gateway.db import models as db
+
+_log = get_logger(__name__)
+
+
+def _event_time(event: events_pb2.JobEvent) -> datetime:
+    return event.time.ToDatetime(tzinfo=now().tzinfo) if event.HasField("time") else now()
+
+
+class JobEventApplier:
+    """Idempotent: an event is keyed by (job, attempt, worker sequence) and applied once."""
+
+    def __init__(self, *, db: Database, watchers: JobWatchers) -> None:
+        self._db = db
+        self._watchers = watchers
+
+    async def apply(self, event: events_pb2.JobEvent) -> bool:
+        """Applies `event`; False when it was a duplicate, stale or not applicable."""
+        source_key = f"{event.attempt}/{event.worker_sequence}"
+        async with self._db.session() as session:
+            query = select(db.Job).where(db.Job.id == event.job_id)
+            if session.bind.dialect.name == "postgresql":
+                query = query.with_for_update()  # one applier per job across replicas
+            job = await session.scalar(query)
+            if job is None or job.tenant_id != event.tenant_id:
+                _log.warning("event for unknown job dropped", job_id=event.job_id)
+                return False
+            seen = await session.scalar(
+                select(db.JobEvent.id).where(
+                    db.JobEvent.job_id == job.id, db.JobEvent.source_key == source_key
+                )
+            )
+            if seen is not None:
+                return False
+            if event.attempt < job.attempts:
+                _log.info("event from a superseded attempt dropped", job_id=job.id)
+                return False
+            update = await self._update(session, job, event)
+            if update is None:
+                return False
+            await append_event(
+                session, job, source_key=source_key, event=update, at=_event_time(event)
+            )
+        self._watchers.notify(event.job_id)
+        return True
+
+    async def _update(
+        self, session: AsyncSession, job: db.Job, event: events_pb2.JobEvent
+    ) -> jobs_pb2.WatchJobResponse | None:
+        at = _event_time(event)
+        kind = event.WhichOneof("payload")
+        if kind == "state_changed":
+            return self._change_state(job, event, at)
+        if job.state in states.TERMINAL and kind == "progress":
+            return None
+        if kind == "progress":
+            job.progress = json_format.MessageToDict(event.progress)
+            return jobs_pb2.WatchJobResponse(progress=event.progress)
+        if kind == "metrics":
+            for point in event.metrics.points:
+                session.add(
+                    db.JobMetric(
+                        job_id=job.id,
+                        name=point.name,
+                        value=point.value,
+                        epoch=point.epoch,
+                        step=point.step,
+                        measured_at=point.time.ToDatetime(tzinfo=at.tzinfo)
+                        if point.HasField("time")
+                        else at,
+                    )
+                )
+            return jobs_pb2.WatchJobResponse(
+                metrics=jobs_pb2.MetricBatch(points=event.metrics.points)
+            )
+        if kind == "artifact":
+            row = await self._upsert_artifact(session, job, event.artifact.artifact, at)
+            return jobs_pb2.WatchJobResponse(artifact=convert.artifact(row))
+        if kind == "model_trained":
+            version = await self._register(session, job, event.model_trained, at)
+            return jobs_pb2.WatchJobResponse(model_version_id=version.id)
+        _log.warning("event without payload dropped", job_id=job.id)
+        return None
+
+    def _change_state(
+        self, job: db.Job, event: events_pb2.JobEvent, at: datetime
+    ) -> jobs_pb2.WatchJobResponse | None:
+        change = event.state_changed
+        new = change.state
+        if new == states.RUNNING:
+            job.attempts = max(job.attempts, event.attempt)
+            job.started_at = job.started_at or at
+            if job.state == states.CANCELLING:
+                return None  # a redelivered cancelling job keeps CANCELLING
+        if not states.can_transition(job.state, new):
+            _log.warning(
+                "invalid job transition refused",
+                job_id=job.id,
+                current=states.name(job.state),
+                requested=states.name(new),
+            )
+            return None
+        job.state = new
+        if new in states.TERMINAL:
+            job.ended_at = at
+        if new == states.FAILED:
+            job.error_reason = change.error.reason or "FAILED"
+            job.error_message = change.error.message
+        if new == states.SUCCEEDED:
+            job.metrics = dict(change.metrics)
+        return state_event(new, change.error if change.HasField("error") else None)
+
+    async def _upsert_artifact(
+        self, session: AsyncSession, job: db.Job, ref: artifact_pb2.ArtifactRef, at: datetime
+    ) -> db.Artifact:
+        row = await session.scalar(
+            select(db.Artifact).where(db.Artifact.job_id == job.id, db.Artifact.key == ref.key)
+        )
+        if row is None:
+            row = db.Artifact(
+                id=db.new_id(), tenant_id=job.tenant_id, job_id=job.id, key=ref.key, created_at=at
+            )
+            session.add(row)
+        row.name = ref.name
+        row.kind = ref.kind
+        row.size_bytes = ref.size_bytes
+        row.sha256 = ref.sha256
+        row.content_type = ref.content_type
+        await session.flush()
+        return row
+
+    async def _register(
+        self, session: AsyncSession, job: db.Job, trained: events_pb2.ModelTrained, at: datetime
+    ) -> db.ModelVersion:
+        existing = await session.scalar(
+            select(db.ModelVersion).where(db.ModelVersion.job_id == job.id)
+        )
+        if existing is not None:
+            return existing
+        model = await session.scalar(
+            select(db.Model).where(
+                db.Model.tenant_id == job.tenant_id, db.Model.name == job.model_name
+            )
+        )
+        if model is None:
+            model = db.Model(
+                id=db.new_id(),
+                tenant_id=job.tenant_id,
+                name=job.model_name,
+                task=trained.task,
+                latest_version=0,
+                created_at=at,
+            )
+            session.add(model)
+        model.latest_version += 1
+        checkpoint = await self._upsert_artifact(session, job, trained.checkpoint, at)
+        version = db.ModelVersion(
+            id=db.new_id(),
+            tenant_id=job.tenant_id,
+            model_id=model.id,
+            version=model.latest_version,
+            job_id=job.id,
+            snapshot_id=job.snapshot_id,
+            framework=trained.framework,
+            task=trained.task,
+            architecture=trained.architecture,
+            class_names=list(trained.class_names),
+            imgsz=trained.imgsz,
+            metrics=dict(trained.metrics),
+            checkpoint_artifact_id=checkpoint.id,
+            created_at=at,
+        )
+        session.add(version)
+        job.model_version_id = version.id
+        await session.flush()
+        return version
+
+
+class JobEventConsumer:
+    """Pulls JOB_EVENTS with a durable consumer and applies each event in order."""
+
+    def __init__(
+        self,
+        *,
+        bus: EventBus,
+        applier: JobEventApplier,
+        durable: str = "gateway-job-events",
+        batch: int = 64,
+    ) -> None:
+        self._bus = bus
+        self._applier = applier
+        self._durable = durable
+        self._batch = batch
+
+    async def run(self) -> None:
+        consumer = await self._bus.pull_consumer(
+            JOB_EVENTS_STREAM,
+            self._durable,
+            filter_subject=JOB_EVENTS_SUBJECTS,
+            ack_wait=30.0,
+            max_ack_pending=self._batch * 4,
+        )
+        async with consumer:
+            while True:
+                try:
+                    deliveries = await consumer.fetch(self._batch, timeout=1.0)
+                except Exception:
+                    _log.exception("job event fetch failed")
+                    await asyncio.sleep(1.0)
+                    continue
+                for delivery in deliveries:
+                    try:
+                        event = delivery.decode(events_pb2.JobEvent)
+                    except Exception:
+                        _log.exception("undecodable job event terminated")
+                        await delivery.term()
+                        continue
+                    try:
+                        await self._applier.apply(event)
+                    except IntegrityError:
+                        # A concurrent replica registered the same thing; retry shortly.
+                        await delivery.nak(delay=0.5)
+                        continue
+                    except Exception:
+                        _log.exception("job event apply failed", job_id=event.job_id)
+                        await delivery.nak(delay=2.0)
+                        continue
+                    await delivery.ack()

@@ -1,0 +1,128 @@
+"""The outbox relay: publishes committed outbox rows to JetStream, at least once."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+from google.protobuf import symbol_database
+from sqlalchemy import select
+
+from visionmesh.common.db import Database
+from visionmesh.common.errors import VisionMeshError
+from visionmesh.common.events import EventBus
+from visionmesh.common.logging import get_logger
+from visionmesh.gateway.core import states
+from visionmesh.gateway.core.jobs import JobWatchers, append_event, now, state_event
+from visionmesh.gateway.db import models as db
+
+_log = get_logger(__name__)
+
+
+class OutboxRelay:
+    """Moves outbox rows to JetStream; the message id (job id) makes re-sends harmless.
+
+    Rows are claimed with SKIP LOCKED on PostgreSQL, so several gateway replicas can
+    relay side by side. A row whose publish fails stays unpublished and is retried with
+    backoff: a job accepted while NATS is down stays PENDING until NATS is back.
+    """
+
+    def __init__(
+        self,
+        *,
+        db: Database,
+        bus: EventBus,
+        watchers: JobWatchers,
+        poll_seconds: float = 0.5,
+        batch_size: int = 256,
+        publish_timeout: float = 2.0,
+    ) -> None:
+        self._db = db
+        self._bus = bus
+        self._watchers = watchers
+        self._poll_seconds = poll_seconds
+        self._batch_size = batch_size
+        self._publish_timeout = publish_timeout
+        self._wakeup = asyncio.Event()
+
+    def wakeup(self) -> None:
+        self._wakeup.set()
+
+    async def run(self) -> None:
+        backoff = self._poll_seconds
+        while True:
+            self._wakeup.clear()
+            try:
+                published, failed = await self.relay_once()
+            except Exception:  # keep relaying whatever a single round hits
+                _log.exception("outbox relay round failed")
+                published, failed = 0, 1
+            if published == self._batch_size and not failed:
+                continue  # more rows are waiting
+            backoff = min(backoff * 2, 10.0) if failed else self._poll_seconds
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wakeup.wait(), backoff)
+
+    async def relay_once(self) -> tuple[int, int]:
+        """Publishes one batch; returns (published, failed) counts."""
+        async with self._db.session() as session:
+            query = (
+                select(db.OutboxMessage)
+                .where(db.OutboxMessage.published_at.is_(None))
+                .order_by(db.OutboxMessage.id)
+                .limit(self._batch_size)
+            )
+            if session.bind.dialect.name == "postgresql":
+                query = query.with_for_update(skip_locked=True)
+            rows = list((await session.scalars(query)).all())
+            if not rows:
+                return 0, 0
+            job_ids = {row.job_id for row in rows if row.job_id}
+            jobs = {
+                job.id: job
+                for job in (
+                    await session.scalars(select(db.Job).where(db.Job.id.in_(job_ids)))
+                ).all()
+            } if job_ids else {}
+            to_send = []
+            for row in rows:
+                job = jobs.get(row.job_id)
+                if job is not None and job.state in states.TERMINAL:
+                    row.published_at = now()  # cancelled before it was sent: nothing to do
+                else:
+                    to_send.append(row)
+            results = await asyncio.gather(
+                *(self._publish(row) for row in to_send), return_exceptions=True
+            )
+            published = failed = 0
+            for row, result in zip(to_send, results, strict=True):
+                if isinstance(result, BaseException):
+                    failed += 1
+                    row.attempts += 1
+                    row.last_error = str(result)[:2000]
+                    continue
+                published += 1
+                row.published_at = now()
+                job = jobs.get(row.job_id)
+                if job is not None and job.state == states.PENDING:
+                    job.state = states.QUEUED
+                    await append_event(
+                        session, job, source_key="gateway/queued", event=state_event(states.QUEUED)
+                    )
+            if failed:
+                _log.warning("outbox publish failed", failed=failed, published=published)
+        for job_id in job_ids:
+            self._watchers.notify(job_id)
+        return published, failed
+
+    async def _publish(self, row: db.OutboxMessage) -> None:
+        message_class = symbol_database.Default().GetSymbol(row.payload_type)
+        message = message_class.FromString(row.payload)
+        try:
+            await self._bus.publish(
+                row.subject, message, msg_id=row.msg_id, timeout=self._publish_timeout
+            )
+        except VisionMeshError:
+            raise
+        except Exception as exc:  # not connected, connection closed mid-request...
+            raise ConnectionError(f"publish failed: {exc!r}") from exc
