@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from visionmesh.api.common.v1 import job_pb2
+
+if TYPE_CHECKING:
+    from visionmesh.common.events import EventBus
 
 JOBS_STREAM = "JOBS"
 JOB_EVENTS_STREAM = "JOB_EVENTS"
@@ -32,3 +37,11 @@ def job_control_subject(job_id: str) -> str:
 JOB_REQUEST_SUBJECTS = "vm.jobs.request.>"
 JOB_EVENTS_SUBJECTS = "vm.jobs.events.>"
 JOB_CONTROL_SUBJECTS = "vm.jobs.control.>"
+
+
+async def ensure_job_streams(bus: EventBus) -> None:
+    """Creates the job streams (idempotent); the gateway and every worker call it at start."""
+    day = 24 * 3600.0
+    await bus.ensure_stream(JOBS_STREAM, [JOB_REQUEST_SUBJECTS], retention="workqueue")
+    await bus.ensure_stream(JOB_EVENTS_STREAM, [JOB_EVENTS_SUBJECTS], max_age=30 * day)
+    await bus.ensure_stream(JOB_CONTROL_STREAM, [JOB_CONTROL_SUBJECTS], max_age=7 * day)

@@ -1,0 +1,64 @@
+"""`python -m visionmesh.stack up`: start the platform, print endpoints, Ctrl-C stops all."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+from pathlib import Path
+
+from visionmesh.common.embedded import ProcessError
+from visionmesh.stack._stack import Stack, data_dir_from_env
+
+
+async def _up(data_dir: Path) -> int:
+    stack = Stack(data_dir=data_dir)
+    print(f"starting visionmesh in {stack.data_dir} (logs in {stack.logs}) ...", flush=True)
+    try:
+        await stack.start()
+    except ProcessError as exc:
+        print(f"\n{exc}\n--- last log lines ---\n{exc.log_tail}", file=sys.stderr)
+        return 1
+    width = max(len(name) for name in stack.endpoints())
+    print("\nvisionmesh is up:")
+    for name, where in stack.endpoints().items():
+        print(f"  {name.ljust(width)}  {where}")
+    print("\nCtrl-C stops everything.", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    watch = asyncio.create_task(_watch(stack, stop))
+    await stop.wait()
+    watch.cancel()
+    print("\nstopping ...", flush=True)
+    await stack.stop()
+    print("stopped.")
+    return 0
+
+
+async def _watch(stack: Stack, stop: asyncio.Event) -> None:
+    """Stops the platform when one of its processes dies, saying which."""
+    while True:
+        await asyncio.sleep(1.0)
+        for process in [stack.nats, stack.s3, *stack.services]:
+            if not process.running:
+                print(
+                    f"\n{process.name} exited (code {process.returncode}); see {process.log_path}",
+                    file=sys.stderr,
+                )
+                stop.set()
+                return
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="visionmesh-stack", description=__doc__)
+    parser.add_argument("command", choices=["up"])
+    parser.add_argument("--data-dir", type=Path, default=None, help="default $VISIONMESH_DATA_DIR or ./.visionmesh")
+    args = parser.parse_args(argv)
+    return asyncio.run(_up(args.data_dir or data_dir_from_env()))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

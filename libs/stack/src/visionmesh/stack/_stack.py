@@ -1,0 +1,204 @@
+"""Starts NATS, the S3 server and the services in order, health-checked; stops them in reverse."""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Self
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from visionmesh.common.auth import generate_signing_key, private_key_pem, public_key_pem
+from visionmesh.common.embedded import (
+    ManagedProcess,
+    NatsServer,
+    ReadyCheck,
+    SeaweedPorts,
+    SeaweedS3,
+    free_ports,
+)
+
+# Local-only credentials for the embedded S3 server; it binds 127.0.0.1 only.
+S3_ACCESS_KEY = "visionmesh"
+S3_SECRET_KEY = "visionmesh-local-secret"
+
+
+@dataclass(frozen=True, slots=True)
+class Ports:
+    """Every port the stack listens on. NATS and S3 avoid their standard ports (4222,
+    8333), which a system NATS or S3 server may hold already (CI machines run NATS)."""
+
+    gateway_rest: int = 8080
+    gateway_grpc: int = 50051
+    training_grpc: int = 50061
+    nats: int = 14222
+    s3: int = 18333
+    s3_internal_base: int = 18340
+
+    @classmethod
+    def free(cls) -> Ports:
+        """All-ephemeral ports, for tests running a stack next to another."""
+        ports = free_ports(5)
+        return cls(*ports, s3_internal_base=0)
+
+    def seaweed(self) -> SeaweedPorts:
+        if self.s3_internal_base:
+            return SeaweedPorts.fixed(s3=self.s3, base=self.s3_internal_base)
+        return SeaweedPorts.pick(s3=self.s3)
+
+
+DEFAULT_PORTS = Ports()
+
+
+def grpc_health_probe(port: int) -> ReadyCheck:
+    async def check() -> bool:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+            response = await stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=1.0)
+            return bool(response.status == health_pb2.HealthCheckResponse.SERVING)
+
+    return check
+
+
+def _ensure_keypair(keys_dir: Path) -> tuple[Path, Path]:
+    """The gateway's Ed25519 signing key and its public half, made once per data dir."""
+    keys_dir.mkdir(parents=True, exist_ok=True)
+    private, public = keys_dir / "gateway-signing-key.pem", keys_dir / "gateway-public-key.pem"
+    if not private.exists():
+        key = generate_signing_key()
+        private.write_bytes(private_key_pem(key))
+        private.chmod(0o600)
+        public.write_bytes(public_key_pem(key.public_key()))
+    return private, public
+
+
+class Stack:
+    """The platform on one machine; state lives under `data_dir`."""
+
+    def __init__(
+        self,
+        *,
+        data_dir: Path,
+        ports: Ports = DEFAULT_PORTS,
+        extra_env: dict[str, str] | None = None,
+        training_workers: int = 1,
+    ) -> None:
+        self.data_dir = data_dir.resolve()
+        self.ports = ports
+        self.extra_env = dict(extra_env or {})
+        self.training_workers = training_workers
+        self.logs = self.data_dir / "logs"
+        self.nats = NatsServer(
+            store_dir=self.data_dir / "nats", port=ports.nats, log_dir=self.logs
+        )
+        self.s3 = SeaweedS3(
+            data_dir=self.data_dir / "s3",
+            access_key=S3_ACCESS_KEY,
+            secret_key=S3_SECRET_KEY,
+            ports=ports.seaweed(),
+            log_dir=self.logs,
+        )
+        self.services: list[ManagedProcess] = []
+
+    def common_env(self) -> dict[str, str]:
+        private_key, public_key = _ensure_keypair(self.data_dir / "keys")
+        return {
+            "VISIONMESH_DATA_DIR": str(self.data_dir),
+            "VISIONMESH_NATS_URL": self.nats.url,
+            "VISIONMESH_S3_ENDPOINT": self.s3.endpoint,
+            "VISIONMESH_S3_ACCESS_KEY": S3_ACCESS_KEY,
+            "VISIONMESH_S3_SECRET_KEY": S3_SECRET_KEY,
+            "VISIONMESH_S3_BUCKET": "visionmesh",
+            "VISIONMESH_SIGNING_KEY_FILE": str(private_key),
+            "VISIONMESH_SERVICE_TOKEN_PUBLIC_KEY_FILE": str(public_key),
+            "PYTHONUNBUFFERED": "1",
+            **self.extra_env,
+        }
+
+    def _service(self, name: str, module: str, port: int, env: dict[str, str]) -> ManagedProcess:
+        return ManagedProcess(
+            name=name,
+            argv=[sys.executable, "-m", module],
+            env={**self.common_env(), **env},
+            log_dir=self.logs,
+            ready_check=grpc_health_probe(port),
+            ready_timeout=120.0,
+        )
+
+    def plan(self) -> list[ManagedProcess]:
+        p = self.ports
+        training = self._service(
+            "training",
+            "visionmesh.training",
+            p.training_grpc,
+            {
+                "VISIONMESH_GRPC_PORT": str(p.training_grpc),
+                "VISIONMESH_WORKERS": str(self.training_workers),
+            },
+        )
+        gateway = self._service(
+            "gateway",
+            "visionmesh.gateway",
+            p.gateway_grpc,
+            {
+                "VISIONMESH_GRPC_PORT": str(p.gateway_grpc),
+                "VISIONMESH_REST_PORT": str(p.gateway_rest),
+                "VISIONMESH_TRAINING_ADDR": f"127.0.0.1:{p.training_grpc}",
+            },
+        )
+        return [training, gateway]
+
+    async def start(self) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        for infra in (self.nats, self.s3):
+            await infra.start()
+        for infra in (self.nats, self.s3):
+            await infra.wait_ready()
+        self.services = self.plan()
+        try:
+            for service in self.services:
+                await service.start()
+            for service in self.services:
+                await service.wait_ready()
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def stop(self) -> None:
+        for process in [*reversed(self.services), self.s3, self.nats]:
+            if process.running:
+                await process.stop()
+
+    def endpoints(self) -> dict[str, str]:
+        p = self.ports
+        return {
+            "gateway REST": f"http://127.0.0.1:{p.gateway_rest}  (OpenAPI: /openapi.json)",
+            "gateway gRPC": f"127.0.0.1:{p.gateway_grpc}",
+            "training gRPC": f"127.0.0.1:{p.training_grpc}",
+            "NATS": self.nats.url,
+            "S3": f"http://{self.s3.endpoint}  (key {S3_ACCESS_KEY})",
+            "state": str(self.data_dir),
+            "logs": str(self.logs),
+        }
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    def with_ports(self, ports: Ports) -> Stack:
+        return Stack(
+            data_dir=self.data_dir,
+            ports=replace(ports),
+            extra_env=self.extra_env,
+            training_workers=self.training_workers,
+        )
+
+
+def data_dir_from_env() -> Path:
+    return Path(os.environ.get("VISIONMESH_DATA_DIR", ".visionmesh"))

@@ -1,0 +1,5 @@
+"""`python -m visionmesh.training`: run the training service."""
+
+from visionmesh.training.app import main
+
+main()

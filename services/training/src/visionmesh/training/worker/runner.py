@@ -1,0 +1,269 @@
+"""Runs one attempt of a training job: data, resume, train in a thread, upload, report."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import shutil
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from visionmesh.api.common.v1 import artifact_pb2, job_pb2, metric_pb2
+from visionmesh.api.events.v1 import events_pb2
+from visionmesh.common.logging import get_logger
+from visionmesh.common.storage import ObjectStore
+from visionmesh.training.core import (
+    EpochResult,
+    ProgressUpdate,
+    TrainerHooks,
+    TrainResult,
+    train_classifier,
+    train_ultralytics,
+)
+from visionmesh.training.specs import to_train_spec
+from visionmesh.training.worker.cache import DatasetCache
+from visionmesh.training.worker.reporter import JobReporter
+
+_log = get_logger(__name__)
+
+RESUME_CHECKPOINT = "checkpoints/last.pt"
+_ARTIFACT_KINDS = {".pt": "checkpoint", ".csv": "metrics", ".png": "plot"}
+_CONTENT_TYPES = {".pt": "application/octet-stream", ".csv": "text/csv", ".png": "image/png"}
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """How an attempt ended: 'succeeded' or 'cancelled' (failures raise)."""
+
+    status: str
+    metrics: dict[str, float]
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as file:
+        for chunk in iter(lambda: file.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _now() -> Timestamp:
+    ts = Timestamp()
+    ts.GetCurrentTime()
+    return ts
+
+
+def write_data_yaml(data_dir: Path, class_names: list[str], dest: Path) -> Path:
+    """A data.yaml with an absolute root, so Ultralytics finds the cached files wherever."""
+    source = yaml.safe_load((data_dir / "data.yaml").read_text()) or {}
+    config = {
+        "path": str(data_dir),
+        "train": source.get("train", "images/train"),
+        "val": source.get("val", "images/val"),
+        "names": dict(enumerate(class_names)),
+    }
+    dest.write_text(yaml.safe_dump(config, sort_keys=False))
+    return dest
+
+
+class TrainingJobRunner:
+    """Everything between "a worker took the job" and "it ended"; transport-free except S3."""
+
+    def __init__(
+        self,
+        *,
+        store: ObjectStore,
+        cache: DatasetCache,
+        work_root: Path,
+        progress_every: int,
+        default_device: str = "auto",
+    ) -> None:
+        self._store = store
+        self._cache = cache
+        self._work_root = work_root
+        self._progress_every = progress_every
+        self._default_device = default_device
+
+    async def run(
+        self,
+        request: events_pb2.JobRequest,
+        reporter: JobReporter,
+        cancel: threading.Event,
+    ) -> Outcome:
+        work = request.training
+        prefix = work.artifact_prefix
+        workdir = self._work_root / request.job_id / f"attempt-{reporter.attempt}"
+        shutil.rmtree(workdir, ignore_errors=True)
+        workdir.mkdir(parents=True)
+        try:
+            return await self._run(request, work, prefix, workdir, reporter, cancel)
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+    async def _run(
+        self,
+        request: events_pb2.JobRequest,
+        work: events_pb2.TrainingJobRequest,
+        prefix: str,
+        workdir: Path,
+        reporter: JobReporter,
+        cancel: threading.Event,
+    ) -> Outcome:
+        spec_proto = work.spec
+        await reporter.progress(
+            job_pb2.JobProgress(phase="data", total_epochs=spec_proto.epochs)
+        )
+        data_dir, cached = await self._cache.materialise(work.snapshot)
+        _log.info("dataset ready", job_id=request.job_id, path=str(data_dir), cached=cached)
+        init_checkpoint = None
+        if work.init_checkpoint_key:
+            init_checkpoint = workdir / "init.pt"
+            await self._store.download_file(work.init_checkpoint_key, init_checkpoint)
+        resume_from = None
+        if await self._store.exists(prefix + RESUME_CHECKPOINT):
+            resume_from = workdir / "resume" / "last.pt"
+            resume_from.parent.mkdir()
+            await self._store.download_file(prefix + RESUME_CHECKPOINT, resume_from)
+            _log.info("resuming from the last uploaded checkpoint", job_id=request.job_id)
+        spec = to_train_spec(spec_proto, init_checkpoint=init_checkpoint)
+        if spec.device == "auto" and self._default_device != "auto":
+            from dataclasses import replace
+
+            spec = replace(spec, device=self._default_device)
+
+        loop = asyncio.get_running_loop()
+        hooks = self._hooks(loop, reporter, prefix, cancel)
+        train: Callable[..., TrainResult]
+        if spec.framework == "torchvision":
+            train, data = train_classifier, data_dir
+        elif spec.task == "classify":
+            train, data = train_ultralytics, data_dir
+        else:
+            train = train_ultralytics
+            data = write_data_yaml(data_dir, list(work.snapshot.class_names), workdir / "data.yaml")
+        result = await asyncio.to_thread(
+            train,
+            spec,
+            data=data,
+            workdir=workdir / "run",
+            hooks=hooks,
+            resume_from=resume_from,
+            progress_every=self._progress_every,
+        )
+        await reporter.flush()
+        await reporter.progress(
+            job_pb2.JobProgress(
+                phase="upload",
+                epoch=result.epochs_completed,
+                total_epochs=spec.epochs,
+                fraction=1.0 if not result.cancelled else 0.0,
+            )
+        )
+        uploaded = await self._upload_results(result, prefix, reporter)
+        if result.cancelled:
+            return Outcome("cancelled", dict(result.metrics))
+        best = uploaded.get("best.pt") or uploaded.get("last.pt")
+        if best is None:
+            raise RuntimeError("training finished without a checkpoint")
+        await reporter.model_trained(
+            events_pb2.ModelTrained(
+                framework=spec.framework,
+                task=spec.task,
+                architecture=spec.model,
+                class_names=list(result.class_names or work.snapshot.class_names),
+                imgsz=result.imgsz or spec.imgsz,
+                metrics=dict(result.metrics),
+                checkpoint=best,
+            )
+        )
+        return Outcome("succeeded", dict(result.metrics))
+
+    def _hooks(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        reporter: JobReporter,
+        prefix: str,
+        cancel: threading.Event,
+    ) -> TrainerHooks:
+        """Hooks run on the training thread: events are queued to the loop in order, and
+        checkpoint uploads block the trainer so last.pt is not rewritten while uploading."""
+
+        def on_progress(update: ProgressUpdate) -> None:
+            done = (update.epoch - 1) + update.batch / max(update.total_batches, 1)
+            reporter.emit_threadsafe(
+                loop,
+                progress=job_pb2.JobProgress(
+                    epoch=update.epoch,
+                    total_epochs=update.total_epochs,
+                    step=update.batch,
+                    total_steps=update.total_batches,
+                    fraction=min(done / max(update.total_epochs, 1), 1.0),
+                    eta_seconds=update.eta_seconds,
+                    phase=update.phase,
+                    losses=dict(update.losses),
+                    learning_rate=update.lr,
+                ),
+            )
+
+        def on_epoch_end(result: EpochResult) -> None:
+            now = _now()
+            points = [
+                metric_pb2.MetricPoint(name=name, value=float(value), epoch=result.epoch, time=now)
+                for name, value in result.metrics.items()
+            ]
+            points.append(
+                metric_pb2.MetricPoint(name="lr", value=result.lr, epoch=result.epoch, time=now)
+            )
+            reporter.emit_threadsafe(loop, metrics=events_pb2.JobMetricsReported(points=points))
+
+        def on_checkpoint(epoch: int, last_path: Path, best_path: Path | None) -> None:
+            del epoch, best_path
+            future = asyncio.run_coroutine_threadsafe(
+                self._store.put_file(prefix + RESUME_CHECKPOINT, last_path), loop
+            )
+            future.result()
+
+        return TrainerHooks(
+            on_progress=on_progress,
+            on_epoch_end=on_epoch_end,
+            on_checkpoint=on_checkpoint,
+            should_stop=cancel.is_set,
+        )
+
+    async def _upload_results(
+        self, result: TrainResult, prefix: str, reporter: JobReporter
+    ) -> dict[str, artifact_pb2.ArtifactRef]:
+        files: dict[str, Path | None] = {
+            "best.pt": result.best_path,
+            "last.pt": result.last_path,
+            "results.csv": result.results_csv,
+            "training_curves.png": result.curves_png,
+        }
+        uploaded: dict[str, artifact_pb2.ArtifactRef] = {}
+        for name, path in files.items():
+            if path is None or not Path(path).exists():
+                continue
+            path = Path(path)
+            suffix = path.suffix
+            ref = artifact_pb2.ArtifactRef(
+                name=name,
+                kind=_ARTIFACT_KINDS.get(suffix, "file"),
+                key=prefix + name,
+                size_bytes=path.stat().st_size,
+                sha256=await asyncio.to_thread(_sha256, path),
+                content_type=_CONTENT_TYPES.get(suffix, "application/octet-stream"),
+            )
+            await self._store.put_file(ref.key, path, content_type=ref.content_type)
+            await reporter.artifact(ref)
+            uploaded[name] = ref
+        return uploaded
+
+
+def describe(value: Any) -> str:
+    return str(value)[:2000]
