@@ -44,7 +44,14 @@ JOB_STATE_CANCELLING: JobState
 JOB_STATE_CANCELLED: JobState
 
 class JobProgress(_message.Message):
-    __slots__ = ("epoch", "total_epochs", "step", "total_steps", "fraction", "eta_seconds", "phase")
+    __slots__ = ("epoch", "total_epochs", "step", "total_steps", "fraction", "eta_seconds", "phase", "losses", "learning_rate")
+    class LossesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
     EPOCH_FIELD_NUMBER: _ClassVar[int]
     TOTAL_EPOCHS_FIELD_NUMBER: _ClassVar[int]
     STEP_FIELD_NUMBER: _ClassVar[int]
@@ -52,6 +59,8 @@ class JobProgress(_message.Message):
     FRACTION_FIELD_NUMBER: _ClassVar[int]
     ETA_SECONDS_FIELD_NUMBER: _ClassVar[int]
     PHASE_FIELD_NUMBER: _ClassVar[int]
+    LOSSES_FIELD_NUMBER: _ClassVar[int]
+    LEARNING_RATE_FIELD_NUMBER: _ClassVar[int]
     epoch: int
     total_epochs: int
     step: int
@@ -59,7 +68,9 @@ class JobProgress(_message.Message):
     fraction: float
     eta_seconds: float
     phase: str
-    def __init__(self, epoch: _Optional[int] = ..., total_epochs: _Optional[int] = ..., step: _Optional[int] = ..., total_steps: _Optional[int] = ..., fraction: _Optional[float] = ..., eta_seconds: _Optional[float] = ..., phase: _Optional[str] = ...) -> None: ...
+    losses: _containers.ScalarMap[str, float]
+    learning_rate: float
+    def __init__(self, epoch: _Optional[int] = ..., total_epochs: _Optional[int] = ..., step: _Optional[int] = ..., total_steps: _Optional[int] = ..., fraction: _Optional[float] = ..., eta_seconds: _Optional[float] = ..., phase: _Optional[str] = ..., losses: _Optional[_Mapping[str, float]] = ..., learning_rate: _Optional[float] = ...) -> None: ...
 
 class JobError(_message.Message):
     __slots__ = ("reason", "message")

@@ -4,6 +4,9 @@ from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from visionmesh.api.common.v1 import artifact_pb2 as _artifact_pb2
 from visionmesh.api.common.v1 import job_pb2 as _job_pb2
 from visionmesh.api.common.v1 import metric_pb2 as _metric_pb2
+from visionmesh.api.embedding.v1 import embedding_pb2 as _embedding_pb2
+from visionmesh.api.export.v1 import export_pb2 as _export_pb2
+from visionmesh.api.inference.v1 import inference_pb2 as _inference_pb2
 from visionmesh.api.training.v1 import training_pb2 as _training_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
@@ -49,19 +52,67 @@ class TrainingJobRequest(_message.Message):
     artifact_prefix: str
     def __init__(self, spec: _Optional[_Union[_training_pb2.TrainingSpec, _Mapping]] = ..., snapshot: _Optional[_Union[SnapshotRef, _Mapping]] = ..., init_checkpoint_key: _Optional[str] = ..., artifact_prefix: _Optional[str] = ...) -> None: ...
 
+class ExportJobRequest(_message.Message):
+    __slots__ = ("spec", "checkpoint_key", "checkpoint_sha256", "model_name", "model_version", "framework", "task", "architecture", "class_names", "artifact_prefix")
+    SPEC_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINT_KEY_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINT_SHA256_FIELD_NUMBER: _ClassVar[int]
+    MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    FRAMEWORK_FIELD_NUMBER: _ClassVar[int]
+    TASK_FIELD_NUMBER: _ClassVar[int]
+    ARCHITECTURE_FIELD_NUMBER: _ClassVar[int]
+    CLASS_NAMES_FIELD_NUMBER: _ClassVar[int]
+    ARTIFACT_PREFIX_FIELD_NUMBER: _ClassVar[int]
+    spec: _export_pb2.ExportSpec
+    checkpoint_key: str
+    checkpoint_sha256: str
+    model_name: str
+    model_version: int
+    framework: str
+    task: str
+    architecture: str
+    class_names: _containers.RepeatedScalarFieldContainer[str]
+    artifact_prefix: str
+    def __init__(self, spec: _Optional[_Union[_export_pb2.ExportSpec, _Mapping]] = ..., checkpoint_key: _Optional[str] = ..., checkpoint_sha256: _Optional[str] = ..., model_name: _Optional[str] = ..., model_version: _Optional[int] = ..., framework: _Optional[str] = ..., task: _Optional[str] = ..., architecture: _Optional[str] = ..., class_names: _Optional[_Iterable[str]] = ..., artifact_prefix: _Optional[str] = ...) -> None: ...
+
+class BatchInferenceJobRequest(_message.Message):
+    __slots__ = ("spec", "artifact_prefix")
+    SPEC_FIELD_NUMBER: _ClassVar[int]
+    ARTIFACT_PREFIX_FIELD_NUMBER: _ClassVar[int]
+    spec: _inference_pb2.BatchInferenceSpec
+    artifact_prefix: str
+    def __init__(self, spec: _Optional[_Union[_inference_pb2.BatchInferenceSpec, _Mapping]] = ..., artifact_prefix: _Optional[str] = ...) -> None: ...
+
+class EmbeddingJobRequest(_message.Message):
+    __slots__ = ("spec", "snapshot", "artifact_prefix")
+    SPEC_FIELD_NUMBER: _ClassVar[int]
+    SNAPSHOT_FIELD_NUMBER: _ClassVar[int]
+    ARTIFACT_PREFIX_FIELD_NUMBER: _ClassVar[int]
+    spec: _embedding_pb2.EmbeddingJobSpec
+    snapshot: SnapshotRef
+    artifact_prefix: str
+    def __init__(self, spec: _Optional[_Union[_embedding_pb2.EmbeddingJobSpec, _Mapping]] = ..., snapshot: _Optional[_Union[SnapshotRef, _Mapping]] = ..., artifact_prefix: _Optional[str] = ...) -> None: ...
+
 class JobRequest(_message.Message):
-    __slots__ = ("job_id", "tenant_id", "kind", "create_time", "training")
+    __slots__ = ("job_id", "tenant_id", "kind", "create_time", "training", "export", "batch_inference", "embedding")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     TENANT_ID_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
     TRAINING_FIELD_NUMBER: _ClassVar[int]
+    EXPORT_FIELD_NUMBER: _ClassVar[int]
+    BATCH_INFERENCE_FIELD_NUMBER: _ClassVar[int]
+    EMBEDDING_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     tenant_id: str
     kind: _job_pb2.JobKind
     create_time: _timestamp_pb2.Timestamp
     training: TrainingJobRequest
-    def __init__(self, job_id: _Optional[str] = ..., tenant_id: _Optional[str] = ..., kind: _Optional[_Union[_job_pb2.JobKind, str]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., training: _Optional[_Union[TrainingJobRequest, _Mapping]] = ...) -> None: ...
+    export: ExportJobRequest
+    batch_inference: BatchInferenceJobRequest
+    embedding: EmbeddingJobRequest
+    def __init__(self, job_id: _Optional[str] = ..., tenant_id: _Optional[str] = ..., kind: _Optional[_Union[_job_pb2.JobKind, str]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., training: _Optional[_Union[TrainingJobRequest, _Mapping]] = ..., export: _Optional[_Union[ExportJobRequest, _Mapping]] = ..., batch_inference: _Optional[_Union[BatchInferenceJobRequest, _Mapping]] = ..., embedding: _Optional[_Union[EmbeddingJobRequest, _Mapping]] = ...) -> None: ...
 
 class JobStateChanged(_message.Message):
     __slots__ = ("state", "error", "metrics")

@@ -1,0 +1,8 @@
+"""SQL for services that own tables: async engine + sessions, URL normalisation, Alembic."""
+
+from __future__ import annotations
+
+from visionmesh.common.db._database import Database, normalize_database_url
+from visionmesh.common.db._migrations import run_migrations
+
+__all__ = ["Database", "normalize_database_url", "run_migrations"]

@@ -1,0 +1,1 @@
+"""Transport adapters of the gateway: gRPC servicers and the REST/JSON transcoder."""

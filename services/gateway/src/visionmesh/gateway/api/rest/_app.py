@@ -1,0 +1,660 @@
+"""The REST/JSON transcoder: a raw ASGI app dispatching annotated routes to gRPC servicers."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import json
+import re
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import grpc
+from google.protobuf import json_format
+from google.protobuf.descriptor import Descriptor, FieldDescriptor, ServiceDescriptor
+from google.protobuf.message import Message
+from prometheus_client import CollectorRegistry
+from starlette.types import Receive, Scope, Send
+from visionmesh.common.auth import Authenticator, bind_principal
+from visionmesh.common.errors import (
+    Internal,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+    Unauthenticated,
+    VisionMeshError,
+    from_rpc_error,
+    validate_message,
+)
+from visionmesh.common.logging import bind_request_id, get_logger, new_request_id
+from visionmesh.common.metrics import render_metrics
+from visionmesh.gateway.api.rest._binding import RequestBinder
+from visionmesh.gateway.api.rest._context import RestCallContext
+from visionmesh.gateway.api.rest._openapi import OpenApiInfo, build_openapi
+from visionmesh.gateway.api.rest._routes import HttpRoute, http_routes
+
+__all__ = ["ReadinessCheck", "RestConfig", "RestTranscoder"]
+
+_log = get_logger(__name__)
+
+ReadinessCheck = Callable[[], Awaitable[Mapping[str, bool]]]
+"""Returns named dependency checks (`{"database": True, "nats": False}`); ready when all pass."""
+
+REQUEST_ID_HEADER: Final = "x-request-id"
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
+_JSON: Final = (b"content-type", b"application/json")
+_SSE_HEADERS: Final = (
+    (b"content-type", b"text/event-stream"),
+    (b"cache-control", b"no-cache"),
+    # Stops nginx-style proxies from buffering the stream.
+    (b"x-accel-buffering", b"no"),
+)
+_HEARTBEAT: Final = b": keep-alive\n\n"
+_END_EVENT: Final = b"event: end\ndata: {}\n\n"
+_MESSAGE, _END, _ERROR = 0, 1, 2
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RestConfig:
+    """Tunables of the transcoder; the defaults suit the web frontend."""
+
+    heartbeat_seconds: float = 15.0
+    """An SSE comment is sent after this long without an event, so proxies keep the stream."""
+    stream_error_grace_seconds: float = 0.25
+    """How long a stream may take to produce its first event before the 200 headers go out;
+    errors raised within it (NOT_FOUND for an unknown job) get their HTTP status."""
+    max_body_bytes: int = 4 * 1024 * 1024
+    """Largest JSON body accepted (gRPC's default max message size); larger is 413."""
+    validate_requests: bool = True
+    """Run protovalidate (`validate_message`) on every request before the servicer."""
+    readiness_timeout_seconds: float = 5.0
+    openapi: OpenApiInfo = field(default_factory=OpenApiInfo)
+
+
+def _dumps(data: Any) -> bytes:
+    return json.dumps(data, separators=(",", ":")).encode()
+
+
+def _has_rules(descriptor: Descriptor, seen: set[str] | None = None) -> bool:
+    """Whether protovalidate could reject any instance (it checks nested messages too)."""
+    from buf.validate import validate_pb2
+
+    seen = set() if seen is None else seen
+    if descriptor.full_name in seen:
+        return False
+    seen.add(descriptor.full_name)
+    if descriptor.GetOptions().HasExtension(validate_pb2.message):  # type: ignore[arg-type]
+        return True
+    oneof_rule = validate_pb2.oneof
+    if any(o.GetOptions().HasExtension(oneof_rule) for o in descriptor.oneofs):  # type: ignore[arg-type]
+        return True
+    for item in descriptor.fields:
+        if item.GetOptions().HasExtension(validate_pb2.field):  # type: ignore[arg-type]
+            return True
+        if item.message_type is not None and _has_rules(item.message_type, seen):
+            return True
+    return False
+
+
+class _Endpoint:
+    """Everything one route needs at request time, resolved once at startup."""
+
+    __slots__ = (
+        "binder",
+        "full_method",
+        "handler",
+        "is_coroutine",
+        "public",
+        "response_descriptor",
+        "response_field",
+        "route",
+        "sequence_field",
+        "validate",
+    )
+
+    def __init__(self, route: HttpRoute, servicer: object, *, public: bool, validate: bool) -> None:
+        handler = getattr(servicer, route.method.name, None)
+        if handler is None or not callable(handler):
+            raise TypeError(f"{type(servicer).__name__} has no method {route.method.name}")
+        self.route = route
+        self.full_method = route.full_method
+        self.handler: Callable[[Message, RestCallContext], Any] = handler
+        self.is_coroutine = inspect.iscoroutinefunction(handler)
+        self.binder = RequestBinder(route)
+        self.public = public
+        self.validate = validate and _has_rules(route.method.input_type)
+        self.response_descriptor = route.method.output_type
+        self.response_field = route.response_body or None
+        sequence = route.method.output_type.fields_by_name.get("sequence")
+        self.sequence_field = (
+            "sequence"
+            if sequence is not None
+            and not sequence.is_repeated
+            and sequence.cpp_type
+            in (
+                FieldDescriptor.CPPTYPE_INT32,
+                FieldDescriptor.CPPTYPE_INT64,
+                FieldDescriptor.CPPTYPE_UINT32,
+                FieldDescriptor.CPPTYPE_UINT64,
+            )
+            else None
+        )
+
+    def render(self, message: Any) -> bytes:
+        if not isinstance(message, Message) or message.DESCRIPTOR is not self.response_descriptor:
+            raise TypeError(
+                f"{self.full_method} returned {type(message).__name__}, "
+                f"expected {self.response_descriptor.full_name}"
+            )
+        if self.response_field is not None:
+            return _dumps(_field_json(message, self.response_field))
+        # Fields without presence (scalars, repeated, maps) are always written, so the
+        # frontend sees `0`, `""`, `[]` instead of a missing key; unset messages and
+        # `optional` scalars stay absent (they carry presence).
+        return _dumps(json_format.MessageToDict(message, always_print_fields_with_no_presence=True))
+
+    def sse_event(self, message: Any) -> bytes:
+        data = self.render(message)
+        if self.sequence_field is not None:
+            sequence = getattr(message, self.sequence_field)
+            return b"id: %d\nevent: message\ndata: %s\n\n" % (sequence, data)
+        return b"event: message\ndata: %s\n\n" % data
+
+
+def _field_json(message: Message, name: str) -> Any:
+    wrapper = json_format.MessageToDict(message, always_print_fields_with_no_presence=True)
+    return wrapper.get(message.DESCRIPTOR.fields_by_name[name].json_name)
+
+
+class _ClientGone(Exception):
+    """The client disconnected before the request body arrived."""
+
+
+class RestTranscoder:
+    """ASGI app serving every `google.api.http`-annotated RPC of the given services.
+
+    Routes, request binding and the OpenAPI document come only from the descriptors;
+    each route calls `getattr(servicer, method.name)(request, context)` on the same
+    servicer object the gRPC server uses, with a RestCallContext. Before the call the
+    caller is authenticated (HTTP headers as metadata, `/pkg.Service/Method` as the
+    method, like the gRPC auth interceptor), bound with `bind_principal`, and the request
+    is validated with protovalidate. Also serves `/healthz`, `/readyz`, `/metrics` and
+    `/openapi.json`. Everything is compiled here, at construction.
+    """
+
+    def __init__(
+        self,
+        services: Iterable[tuple[ServiceDescriptor, object]],
+        *,
+        authenticator: Authenticator,
+        readiness: ReadinessCheck | None = None,
+        registry: CollectorRegistry | None = None,
+        config: RestConfig | None = None,
+        comments: Mapping[str, str] | None = None,
+    ) -> None:
+        self.config = config or RestConfig()
+        self._authenticator = authenticator
+        self._readiness = readiness
+        self._registry = registry
+        self._closing: asyncio.Event | None = None
+        pairs = list(services)
+        self.routes: tuple[HttpRoute, ...] = tuple(http_routes(d for d, _ in pairs))
+        servicer_by_service = {d.full_name: s for d, s in pairs}
+        endpoints = [
+            _Endpoint(
+                route,
+                servicer_by_service[route.method.containing_service.full_name],
+                public=authenticator.is_public(route.full_method),
+                validate=self.config.validate_requests,
+            )
+            for route in self.routes
+        ]
+        self._fixed: dict[str, Callable[[Scope, Send], Awaitable[None]]] = {
+            "/healthz": self._healthz,
+            "/readyz": self._readyz,
+            "/metrics": self._metrics,
+            "/openapi.json": self._openapi,
+        }
+        # Literal paths are one dict lookup; templated ones one combined regex per method,
+        # alternatives ordered most specific first (custom verbs, then literal segments).
+        self._literal: dict[tuple[str, str], _Endpoint] = {}
+        templated: dict[str, list[tuple[int, _Endpoint]]] = {}
+        for index, endpoint in enumerate(endpoints):
+            template = endpoint.route.template
+            if template.text in self._fixed:
+                raise ValueError(f"{endpoint.full_method} claims reserved path {template.text}")
+            if not template.variables and "*" not in template.canonical():
+                key = (endpoint.route.http_method, template.canonical())
+                self._literal[key] = endpoint
+            else:
+                templated.setdefault(endpoint.route.http_method, []).append((index, endpoint))
+        self._matchers: dict[str, re.Pattern[str]] = {}
+        self._groups: dict[str, tuple[_Endpoint, tuple[str, ...]]] = {}
+        for http_method, items in templated.items():
+            items.sort(key=lambda item: item[1].route.template.specificity())
+            alternatives = []
+            for index, endpoint in items:
+                prefix = f"r{index}"
+                template = endpoint.route.template
+                alternatives.append(f"(?P<{prefix}>{template.regex(prefix)})")
+                groups = tuple(f"{prefix}_{i}" for i in range(len(template.variables)))
+                self._groups[prefix] = (endpoint, groups)
+            self._matchers[http_method] = re.compile("|".join(alternatives))
+        self._verbs = frozenset(e.route.template.verb for e in endpoints) - {""}
+        self._verb_matcher = re.compile(
+            "|".join(
+                e.route.template.regex(f"v{i}")
+                for i, e in enumerate(endpoints)
+                if e.route.template.verb
+            )
+            or "(?!)"
+        )
+        public = {e.full_method for e in endpoints if e.public}
+        self.openapi_document = build_openapi(
+            self.routes, info=self.config.openapi, public_methods=public, comments=comments
+        )
+        self._openapi_bytes = _dumps(self.openapi_document)
+
+    # --- ASGI ----------------------------------------------------------------------------
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            await self._http(scope, receive, send)
+        elif kind == "lifespan":
+            await self._lifespan(receive, send)
+        # websocket: not served; returning without accepting makes the server close it.
+
+    def close_streams(self) -> None:
+        """End every open SSE stream now (without `event: end`, so clients reconnect).
+
+        Call before stopping the HTTP server; `serve_rest` does it for this app.
+        """
+        self._closing_event().set()
+
+    def _closing_event(self) -> asyncio.Event:
+        if self._closing is None:
+            self._closing = asyncio.Event()
+        return self._closing
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                self.close_streams()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path: str = scope["path"]
+        root = scope.get("root_path")
+        if root and path.startswith(root):
+            path = path[len(root) :]
+        http_method: str = scope["method"]
+        fixed = self._fixed.get(path)
+        if fixed is not None:
+            if http_method in ("GET", "HEAD"):
+                await fixed(scope, send)
+            else:
+                await _send_error(send, _method_not_allowed(http_method, path), None, ("GET",))
+            return
+        raw_path_bytes: bytes | None = scope.get("raw_path")
+        raw_path = raw_path_bytes.decode("latin-1") if raw_path_bytes else path
+        if root and raw_path.startswith(root):
+            raw_path = raw_path[len(root) :]
+
+        headers: list[tuple[bytes, bytes]] = scope["headers"]
+        metadata = {key.decode("latin-1"): value.decode("latin-1") for key, value in headers}
+        supplied = metadata.get(REQUEST_ID_HEADER)
+        request_id = supplied if supplied and _REQUEST_ID.fullmatch(supplied) else new_request_id()
+        if supplied != request_id:
+            metadata[REQUEST_ID_HEADER] = request_id
+            headers = [*headers, (b"x-request-id", request_id.encode())]
+        with bind_request_id(request_id):
+            endpoint, values = self._match(http_method, raw_path)
+            if endpoint is None:
+                allowed = self._allowed_methods(raw_path)
+                error: VisionMeshError = (
+                    _method_not_allowed(http_method, path)
+                    if allowed
+                    else NotFound(f"no route for {http_method} {path}", reason="ROUTE_NOT_FOUND")
+                )
+                await _send_error(send, error, request_id, allowed)
+                return
+            context = RestCallContext(headers=headers, client=scope.get("client"))
+            try:
+                await self._dispatch(endpoint, values, scope, receive, send, metadata, context)
+            except _ClientGone:
+                context._mark_cancelled()
+            except Exception as exc:
+                await _send_error(send, _as_error(exc, endpoint, context, request_id), request_id)
+            finally:
+                context._mark_done()
+
+    def _match(self, http_method: str, raw_path: str) -> tuple[_Endpoint | None, tuple[str, ...]]:
+        endpoint = self._literal.get((http_method, raw_path))
+        if endpoint is not None:
+            return endpoint, ()
+        matcher = self._matchers.get(http_method)
+        if matcher is None:
+            return None, ()
+        found = matcher.fullmatch(raw_path)
+        if found is None or found.lastgroup is None:
+            return None, ()
+        endpoint, groups = self._groups[found.lastgroup]
+        if not endpoint.route.template.verb and self._claims_custom_verb(raw_path):
+            # `GET /v1/jobs/j1:cancel` is the `:cancel` route with the wrong method (405),
+            # not GetJob of an id "j1:cancel".
+            return None, ()
+        return endpoint, tuple(found.group(g) for g in groups)
+
+    def _claims_custom_verb(self, raw_path: str) -> bool:
+        last = raw_path.rpartition("/")[2]
+        if ":" not in last or last.rpartition(":")[2] not in self._verbs:
+            return False
+        return self._verb_matcher.fullmatch(raw_path) is not None
+
+    def _allowed_methods(self, raw_path: str) -> tuple[str, ...]:
+        methods = {route.http_method for route in self.routes}
+        return tuple(sorted(m for m in methods if self._match(m, raw_path)[0] is not None))
+
+    async def _dispatch(
+        self,
+        endpoint: _Endpoint,
+        path_values: tuple[str, ...],
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        metadata: dict[str, str],
+        context: RestCallContext,
+    ) -> None:
+        # Authenticate before touching the body: unauthenticated callers learn nothing.
+        principal = await self._authenticator.authenticate(
+            method=endpoint.full_method, metadata=metadata
+        )
+        if principal is None and not endpoint.public:
+            raise Unauthenticated(
+                "this operation requires credentials: send 'Authorization: Bearer <token>'",
+                reason="CREDENTIALS_MISSING",
+            )
+        body = b""
+        if endpoint.route.body:
+            body = await self._read_body(receive, metadata)
+        request = endpoint.binder.bind(
+            path_values,
+            scope.get("query_string", b""),
+            body,
+            metadata.get("last-event-id") if endpoint.route.server_streaming else None,
+        )
+        if endpoint.validate:
+            validate_message(request)
+        request_id = metadata[REQUEST_ID_HEADER]
+        with bind_principal(principal):
+            if endpoint.route.server_streaming:
+                await self._stream(endpoint, request, context, receive, send, request_id)
+                return
+            result = endpoint.handler(request, context)
+            if endpoint.is_coroutine or inspect.isawaitable(result):
+                result = await result
+        status_error = context.status_error()
+        if status_error is not None:
+            raise status_error
+        payload = endpoint.render(result)
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [
+                    _JSON,
+                    (b"content-length", str(len(payload)).encode()),
+                    (b"x-request-id", request_id.encode()),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": payload})
+
+    async def _read_body(self, receive: Receive, metadata: Mapping[str, str]) -> bytes:
+        limit = self.config.max_body_bytes
+        declared = metadata.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise _too_large(limit)
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise _ClientGone
+            chunk: bytes = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                raise _too_large(limit)
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+    # --- server-sent events --------------------------------------------------------------
+
+    async def _stream(
+        self,
+        endpoint: _Endpoint,
+        request: Message,
+        context: RestCallContext,
+        receive: Receive,
+        send: Send,
+        request_id: str,
+    ) -> None:
+        """Serve a server-streaming RPC as SSE until it ends, the client goes, or shutdown.
+
+        The servicer's iterator runs in one pump task (so its context and cancel scopes
+        behave as under gRPC) feeding a small queue; the response loop multiplexes that
+        queue, the client's disconnect and the app's shutdown, and writes heartbeats.
+        """
+        queue: asyncio.Queue[tuple[int, Any]] = asyncio.Queue(maxsize=16)
+        pump = asyncio.ensure_future(_pump(endpoint, request, context, queue))
+        gone = asyncio.ensure_future(_wait_disconnect(receive))
+        closing = asyncio.ensure_future(self._closing_event().wait())
+        get = asyncio.ensure_future(queue.get())
+        config = self.config
+        started = False
+        client_gone = False
+        last_write = time.monotonic()
+        timeout = config.stream_error_grace_seconds
+        try:
+            while True:
+                done, _ = await asyncio.wait(
+                    (get, gone, closing), timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+                )
+                if gone in done:
+                    client_gone = True
+                    context._mark_cancelled()
+                    return
+                if get in done:
+                    kind, value = get.result()
+                    if kind == _ERROR and not started:
+                        raise value
+                    if not started:
+                        await send(_sse_start(request_id))
+                        started = True
+                    if kind == _MESSAGE:
+                        chunk = endpoint.sse_event(value)
+                    elif kind == _END:
+                        chunk = _END_EVENT
+                    else:
+                        error = _as_error(value, endpoint, context, request_id)
+                        chunk = b"event: error\ndata: %s\n\n" % _dumps(error.to_json())
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                    last_write = time.monotonic()
+                    if kind != _MESSAGE:
+                        return
+                    get = asyncio.ensure_future(queue.get())
+                elif closing in done:
+                    if not started:
+                        await send(_sse_start(request_id))
+                        started = True
+                    return
+                elif not started:
+                    await send(_sse_start(request_id))
+                    started = True
+                else:
+                    await send(
+                        {"type": "http.response.body", "body": _HEARTBEAT, "more_body": True}
+                    )
+                    last_write = time.monotonic()
+                timeout = max(0.0, config.heartbeat_seconds - (time.monotonic() - last_write))
+        except Exception:
+            if not started:
+                raise
+            # Headers are out: all that is left is to log and end the stream.
+            _log.exception("SSE stream failed", method=endpoint.full_method)
+        finally:
+            for task in (get, gone, closing, pump):
+                task.cancel()
+            # Cancelling the pump throws CancelledError into the servicer's generator at its
+            # current await, so its `finally` blocks run before the response completes.
+            await asyncio.gather(pump, gone, closing, get, return_exceptions=True)
+            if started and not client_gone:
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    # --- fixed routes --------------------------------------------------------------------
+
+    async def _healthz(self, scope: Scope, send: Send) -> None:
+        await _send_json(send, 200, b'{"status":"ok"}')
+
+    async def _readyz(self, scope: Scope, send: Send) -> None:
+        if self._readiness is None:
+            await _send_json(send, 200, b'{"status":"ok","checks":{}}')
+            return
+        try:
+            async with asyncio.timeout(self.config.readiness_timeout_seconds):
+                checks = dict(await self._readiness())
+        except Exception:
+            _log.exception("readiness check failed")
+            await _send_json(send, 503, _dumps({"status": "unavailable", "checks": {}}))
+            return
+        ready = all(checks.values())
+        body = _dumps({"status": "ok" if ready else "unavailable", "checks": checks})
+        await _send_json(send, 200 if ready else 503, body)
+
+    async def _metrics(self, scope: Scope, send: Send) -> None:
+        if self._registry is None:
+            await _send_error(send, NotFound("no metrics registry configured"), None)
+            return
+        accept = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"accept"), None)
+        payload, content_type = render_metrics(self._registry, accept=accept)
+        await _send(send, 200, payload, [(b"content-type", content_type.encode())])
+
+    async def _openapi(self, scope: Scope, send: Send) -> None:
+        await _send_json(send, 200, self._openapi_bytes)
+
+
+# --- helpers -------------------------------------------------------------------------------
+
+
+async def _pump(
+    endpoint: _Endpoint,
+    request: Message,
+    context: RestCallContext,
+    queue: asyncio.Queue[tuple[int, Any]],
+) -> None:
+    try:
+        result = endpoint.handler(request, context)
+        if inspect.isawaitable(result):
+            result = await result
+        iterator: AsyncIterator[Any] = result if hasattr(result, "__anext__") else _aiter(result)
+        try:
+            async for item in iterator:
+                await queue.put((_MESSAGE, item))
+        finally:
+            aclose = getattr(iterator, "aclose", None)
+            if aclose is not None:
+                await aclose()
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:
+        await queue.put((_ERROR, exc))
+        return
+    await queue.put((_END, None))
+
+
+async def _aiter(items: Iterable[Any]) -> AsyncIterator[Any]:
+    for item in items:
+        yield item
+
+
+async def _wait_disconnect(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+def _sse_start(request_id: str) -> dict[str, Any]:
+    return {
+        "type": "http.response.start",
+        "status": 200,
+        "headers": [*_SSE_HEADERS, (b"x-request-id", request_id.encode())],
+    }
+
+
+def _as_error(
+    exc: BaseException, endpoint: _Endpoint, context: RestCallContext, request_id: str
+) -> VisionMeshError:
+    """Any exception as the VisionMeshError the client sees; unknown ones are logged."""
+    if isinstance(exc, VisionMeshError):
+        return exc
+    if isinstance(exc, grpc.RpcError) and callable(getattr(exc, "code", None)):
+        # A downstream call failed and the servicer let it through: same status as gRPC.
+        return from_rpc_error(exc)  # type: ignore[arg-type]
+    status_error = context.status_error()
+    if status_error is not None:
+        # The servicer set a code before raising (generated base classes do this for
+        # unimplemented methods): grpc reports that code, so do we.
+        return status_error
+    _log.exception("unhandled error in REST call", method=endpoint.full_method, exc_info=exc)
+    return Internal("internal error", metadata={"request_id": request_id})
+
+
+def _method_not_allowed(http_method: str, path: str) -> VisionMeshError:
+    error = InvalidArgument(f"{http_method} is not allowed on {path}", reason="METHOD_NOT_ALLOWED")
+    error.http_status = 405  # type: ignore[misc]
+    return error
+
+
+def _too_large(limit: int) -> VisionMeshError:
+    error = ResourceExhausted(f"request body exceeds {limit} bytes", reason="BODY_TOO_LARGE")
+    error.http_status = 413  # type: ignore[misc]
+    return error
+
+
+async def _send_error(
+    send: Send,
+    error: VisionMeshError,
+    request_id: str | None,
+    allowed: tuple[str, ...] = (),
+) -> None:
+    body = error.to_json()
+    headers = [(b"x-request-id", request_id.encode())] if request_id else []
+    if isinstance(error, Unauthenticated):
+        headers.append((b"www-authenticate", b"Bearer"))
+    if allowed:
+        headers.append((b"allow", ", ".join(allowed).encode()))
+    await _send(send, error.http_status, _dumps(body), [_JSON, *headers])
+
+
+async def _send_json(send: Send, status: int, payload: bytes) -> None:
+    await _send(send, status, payload, [_JSON, (b"cache-control", b"no-store")])
+
+
+async def _send(
+    send: Send, status: int, payload: bytes, headers: list[tuple[bytes, bytes]]
+) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [*headers, (b"content-length", str(len(payload)).encode())],
+        }
+    )
+    await send({"type": "http.response.body", "body": payload})

@@ -1,0 +1,237 @@
+"""The gateway process: gRPC and REST over the same servicers, outbox relay, event consumer."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import time
+from collections.abc import Mapping
+from datetime import timedelta
+from typing import Self
+
+from visionmesh.api.gateway.v1 import (
+    auth_pb2,
+    auth_pb2_grpc,
+    datasets_pb2,
+    datasets_pb2_grpc,
+    jobs_pb2,
+    jobs_pb2_grpc,
+    models_pb2,
+    models_pb2_grpc,
+)
+from visionmesh.api.training.v1 import training_pb2, training_pb2_grpc
+from visionmesh.common.auth import Principal, ServiceTokenSigner
+from visionmesh.common.db import Database, run_migrations
+from visionmesh.common.events import EventBus
+from visionmesh.common.logging import configure_logging, get_logger
+from visionmesh.common.rpc import GrpcClient, GrpcServer, connect
+from visionmesh.common.settings import load_settings
+from visionmesh.common.storage import ObjectStore, ObjectStoreConfig
+from visionmesh.common.subjects import ensure_job_streams
+from visionmesh.gateway.api.auth_servicer import AuthServicer
+from visionmesh.gateway.api.rest import RestServer, RestTranscoder, serve_rest
+from visionmesh.gateway.api.servicers import DatasetServicer, JobServicer, ModelServicer
+from visionmesh.gateway.config import GatewaySettings
+from visionmesh.gateway.core.auth import AuthCore, load_or_create_signing_key
+from visionmesh.gateway.core.datasets import DatasetsCore
+from visionmesh.gateway.core.job_events import JobEventApplier, JobEventConsumer
+from visionmesh.gateway.core.jobs import JobsCore, JobWatchers
+from visionmesh.gateway.core.outbox import OutboxRelay
+from visionmesh.gateway.core.registry import RegistryCore
+
+_log = get_logger("visionmesh.gateway")
+
+MIGRATIONS = "visionmesh.gateway.db:migrations"
+_GATEWAY = Principal(subject="gateway", tenant_id="", role="service", kind="service")
+
+
+class ServiceTokens:
+    """The gateway's own token for one peer, re-minted before it expires."""
+
+    def __init__(self, signer: ServiceTokenSigner, *, audience: str, ttl: float = 300.0) -> None:
+        self._signer = signer
+        self._audience = audience
+        self._ttl = ttl
+        self._token = ""
+        self._renew_at = 0.0
+
+    def __call__(self) -> str:
+        now = time.monotonic()
+        if now >= self._renew_at:
+            self._token = self._signer.sign(
+                audience=self._audience, principal=_GATEWAY, ttl_seconds=self._ttl
+            )
+            self._renew_at = now + self._ttl / 2
+        return self._token
+
+
+class Gateway:
+    """Everything the gateway runs; `async with Gateway(settings)` in tests and main."""
+
+    def __init__(self, settings: GatewaySettings) -> None:
+        self.settings = settings
+        self.db = Database(settings.resolved_database_url())
+        self.store = ObjectStore(
+            ObjectStoreConfig(
+                endpoint=settings.s3_endpoint,
+                public_endpoint=settings.s3_public_endpoint or None,
+                access_key=settings.s3_access_key,
+                secret_key=settings.s3_secret_key,
+                bucket=settings.s3_bucket,
+                secure=settings.s3_secure,
+                region=settings.s3_region,
+            )
+        )
+        self.bus = EventBus(servers=settings.nats_url, name=f"gateway-{os.getpid()}")
+        signing_key = load_or_create_signing_key(settings)
+        self.auth = AuthCore(
+            db=self.db,
+            signing_key=signing_key,
+            access_token_ttl_seconds=settings.access_token_ttl_seconds,
+            open_signup=settings.open_signup,
+        )
+        self.watchers = JobWatchers()
+        self.relay = OutboxRelay(
+            db=self.db,
+            bus=self.bus,
+            watchers=self.watchers,
+            poll_seconds=settings.outbox_poll_seconds,
+        )
+        self.training: GrpcClient = connect(
+            settings.training_addr,
+            token_provider=ServiceTokens(
+                ServiceTokenSigner(private_key=signing_key), audience="training"
+            ),
+        )
+        self._training_stub = training_pb2_grpc.TrainingServiceStub(self.training.channel)
+        presign_ttl = timedelta(seconds=settings.presign_ttl_seconds)
+        self.datasets = DatasetsCore(
+            db=self.db,
+            store=self.store,
+            max_bytes=settings.dataset_max_bytes,
+            presign_ttl=presign_ttl,
+            work_dir=settings.data_dir,
+        )
+        self.jobs = JobsCore(
+            db=self.db,
+            store=self.store,
+            datasets=self.datasets,
+            validate_training_spec=self._validate_training_spec,
+            watchers=self.watchers,
+            outbox_wakeup=self.relay.wakeup,
+            presign_ttl=presign_ttl,
+        )
+        self.registry = RegistryCore(db=self.db)
+        authenticator = self.auth.authenticator()
+        services: list[tuple[object, object, object]] = [
+            (auth_pb2, auth_pb2_grpc.add_AuthServiceServicer_to_server, AuthServicer(self.auth)),
+            (jobs_pb2, jobs_pb2_grpc.add_JobServiceServicer_to_server, JobServicer(self.jobs)),
+            (
+                datasets_pb2,
+                datasets_pb2_grpc.add_DatasetServiceServicer_to_server,
+                DatasetServicer(self.datasets),
+            ),
+            (
+                models_pb2,
+                models_pb2_grpc.add_ModelServiceServicer_to_server,
+                ModelServicer(self.registry),
+            ),
+        ]
+        self.grpc = GrpcServer(settings=settings, authenticator=authenticator)
+        pairs = []
+        for module, register, servicer in services:
+            (service,) = module.DESCRIPTOR.services_by_name.values()  # type: ignore[attr-defined]
+            self.grpc.add_service(register, servicer, service_name=service.full_name)  # type: ignore[arg-type]
+            pairs.append((service, servicer))
+        self.rest_app = RestTranscoder(
+            pairs,
+            authenticator=authenticator,
+            readiness=self.readiness,
+            registry=self.grpc.registry,
+        )
+        self.rest: RestServer | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def _validate_training_spec(
+        self, spec: training_pb2.TrainingSpec, dataset_task: str
+    ) -> training_pb2.TrainingSpec:
+        response = await self._training_stub.ValidateSpec(
+            training_pb2.ValidateSpecRequest(spec=spec, dataset_task=dataset_task)
+        )
+        return response.spec
+
+    async def readiness(self) -> Mapping[str, bool]:
+        checks: dict[str, bool] = {"nats": self.bus.is_connected}
+        try:
+            await self.db.ping()
+            checks["database"] = True
+        except Exception:
+            checks["database"] = False
+        try:
+            await self.store.exists("readyz-probe")
+            checks["object_store"] = True
+        except Exception:
+            checks["object_store"] = False
+        return checks
+
+    async def start(self) -> None:
+        self.settings.data_dir.mkdir(parents=True, exist_ok=True)
+        await run_migrations(
+            database_url=self.settings.resolved_database_url(), script_location=MIGRATIONS
+        )
+        await self.store.ensure_bucket()
+        await self.bus.connect()
+        await ensure_job_streams(self.bus)
+        consumer = JobEventConsumer(
+            bus=self.bus, applier=JobEventApplier(db=self.db, watchers=self.watchers)
+        )
+        self._tasks = [
+            asyncio.create_task(self.relay.run(), name="outbox-relay"),
+            asyncio.create_task(consumer.run(), name="job-event-consumer"),
+        ]
+        await self.grpc.start()
+        self.rest = await serve_rest(
+            self.rest_app, self.settings.rest_host, self.settings.rest_port
+        )
+        _log.info(
+            "gateway started",
+            grpc=self.grpc.address,
+            rest=f"http://{self.settings.rest_host}:{self.rest.port}",
+        )
+
+    async def stop(self) -> None:
+        if self.rest is not None:
+            await self.rest.stop()
+        await self.grpc.stop()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self.training.close()
+        await self.bus.close()
+        self.store.close()
+        await self.db.dispose()
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+
+async def serve(settings: GatewaySettings) -> None:
+    gateway = Gateway(settings)
+    await gateway.start()
+    try:
+        await gateway.grpc.serve_forever()
+    finally:
+        await gateway.stop()
+
+
+def main() -> None:
+    settings = load_settings(GatewaySettings)
+    configure_logging(service="gateway", level=settings.log_level, json=settings.log_json)
+    asyncio.run(serve(settings))

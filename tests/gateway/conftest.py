@@ -1,0 +1,157 @@
+"""A real gateway in-process, with a real training service for spec validation."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import httpx
+import pytest
+import pytest_asyncio
+from visionmesh.api.training.v1 import training_pb2_grpc
+from visionmesh.common.auth import (
+    ServiceTokenVerifier,
+    generate_signing_key,
+    private_key_pem,
+)
+from visionmesh.common.embedded import NatsServer, SeaweedS3
+from visionmesh.common.events import EventBus
+from visionmesh.common.rpc import GrpcServer
+from visionmesh.gateway.app import Gateway
+from visionmesh.gateway.config import GatewaySettings
+from visionmesh.training.api.servicer import TrainingServicer
+from visionmesh.training.config import TrainingSettings
+
+S3_ACCESS_KEY = "visionmesh-test"
+S3_SECRET_KEY = "visionmesh-test-secret"
+
+
+@dataclass
+class GatewayHarness:
+    gateway: Gateway
+    rest_url: str
+    grpc_target: str
+    nats_url: str
+    tmp: Path
+
+    @property
+    def settings(self) -> GatewaySettings:
+        return self.gateway.settings
+
+    def http(self, token: str | None = None) -> httpx.AsyncClient:
+        headers = {"authorization": f"Bearer {token}"} if token else {}
+        return httpx.AsyncClient(base_url=self.rest_url, headers=headers, timeout=30)
+
+    def channel(self) -> grpc.aio.Channel:
+        return grpc.aio.insecure_channel(self.grpc_target)
+
+    async def signup_and_login(self, username: str | None = None) -> str:
+        """Signs up (the first user becomes admin) and returns an access token."""
+        username = username or f"user-{uuid.uuid4().hex[:8]}"
+        async with self.http() as client:
+            response = await client.post(
+                "/v1/auth/signup", json={"username": username, "password": "correct-horse-1"}
+            )
+            assert response.status_code == 200, response.text
+            response = await client.post(
+                "/v1/auth/login", json={"username": username, "password": "correct-horse-1"}
+            )
+            assert response.status_code == 200, response.text
+            return str(response.json()["accessToken"])
+
+
+async def start_training_server(tmp: Path, public_key_pem: bytes) -> GrpcServer:
+    settings = TrainingSettings(
+        grpc_port=0,
+        nats_url="nats://unused:4222",
+        s3_endpoint="unused:9000",
+        s3_access_key="unused",
+        s3_secret_key="unused",
+        data_dir=tmp,
+    )
+    server = GrpcServer(
+        settings=settings,
+        authenticator=ServiceTokenVerifier.from_pem([public_key_pem], audience="training"),
+    )
+    server.add_service(
+        training_pb2_grpc.add_TrainingServiceServicer_to_server,
+        TrainingServicer(),
+        service_name="visionmesh.training.v1.TrainingService",
+    )
+    await server.start()
+    return server
+
+
+GatewayFactory = Callable[..., Awaitable[GatewayHarness]]
+
+
+@pytest_asyncio.fixture
+async def make_gateway(
+    tmp_path: Path, s3_server: SeaweedS3
+) -> AsyncIterator[GatewayFactory]:
+    """Builds gateways on free ports; each gets its own bucket and key."""
+    started: list[tuple[Gateway, GrpcServer]] = []
+
+    async def make(*, nats_url: str, database_url: str, **overrides: Any) -> GatewayHarness:
+        root = tmp_path / f"gw-{len(started)}"
+        root.mkdir()
+        key = generate_signing_key()
+        key_file = root / "signing.pem"
+        key_file.write_bytes(private_key_pem(key))
+        from visionmesh.common.auth import public_key_pem
+
+        training = await start_training_server(root, public_key_pem(key.public_key()))
+        settings = GatewaySettings(
+            grpc_port=0,
+            rest_port=0,
+            data_dir=root,
+            database_url=database_url,
+            nats_url=nats_url,
+            s3_endpoint=s3_server.endpoint,
+            s3_access_key=S3_ACCESS_KEY,
+            s3_secret_key=S3_SECRET_KEY,
+            s3_bucket=f"gw-{uuid.uuid4().hex[:16]}",
+            training_addr=f"127.0.0.1:{training.port}",
+            signing_key_file=key_file,
+            outbox_poll_seconds=0.2,
+            **overrides,
+        )
+        gateway = Gateway(settings)
+        await gateway.start()
+        started.append((gateway, training))
+        assert gateway.rest is not None
+        return GatewayHarness(
+            gateway=gateway,
+            rest_url=f"http://127.0.0.1:{gateway.rest.port}",
+            grpc_target=f"127.0.0.1:{gateway.grpc.port}",
+            nats_url=nats_url,
+            tmp=root,
+        )
+
+    yield make
+    for gateway, training in reversed(started):
+        await gateway.stop()
+        await training.stop(0)
+
+
+@pytest_asyncio.fixture
+async def harness(
+    make_gateway: GatewayFactory, nats_server: NatsServer, database_url: str
+) -> GatewayHarness:
+    """A gateway on the shared NATS server, once per database backend."""
+    return await make_gateway(nats_url=nats_server.url, database_url=database_url)
+
+
+@pytest_asyncio.fixture
+async def bus(nats_server: NatsServer) -> AsyncIterator[EventBus]:
+    async with EventBus(servers=nats_server.url, name="test-worker") as event_bus:
+        yield event_bus
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
