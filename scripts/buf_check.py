@@ -11,7 +11,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import gen_protos  # noqa: E402
+import gen_protos
 
 ROOT = gen_protos.ROOT
 BUF = ROOT / "node_modules" / ".bin" / "buf"
@@ -58,7 +58,9 @@ def main() -> int:
             return 0
         breaking = buf("breaking", str(current), "--against", str(baseline))
         if breaking.returncode != 0:
-            print(f"buf breaking against {args.against} failed:\n{breaking.stdout}{breaking.stderr}")
+            print(
+                f"buf breaking against {args.against} failed:\n{breaking.stdout}{breaking.stderr}"
+            )
             return 1
         print(f"buf breaking against {args.against}: ok")
     return 0

@@ -6,7 +6,6 @@ import argparse
 import filecmp
 import re
 import shutil
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -38,7 +37,7 @@ def proto_files() -> list[str]:
     files = sorted(
         str(p.relative_to(PROTOS))
         for p in PROTOS.rglob("*.proto")
-        if not p.relative_to(PROTOS).parts[0] == "third_party"
+        if p.relative_to(PROTOS).parts[0] != "third_party"
     )
     return files
 
@@ -55,8 +54,12 @@ def protoc(args: list[str]) -> None:
 def build_image(out: Path) -> Path:
     """Writes a buf image (FileDescriptorSet with imports and source info) of protos/."""
     protoc(
-        [f"--descriptor_set_out={out}", "--include_imports", "--include_source_info"]
-        + proto_files()
+        [
+            f"--descriptor_set_out={out}",
+            "--include_imports",
+            "--include_source_info",
+            *proto_files(),
+        ]
     )
     return out
 
@@ -69,8 +72,15 @@ def _rewrite(path: Path) -> None:
     # protoc writes imports from the proto path (visionmesh.common.v1); our Python
     # package keeps generated code under visionmesh.api so it cannot collide with the
     # hand-written visionmesh.<service> packages.
+    # Only import statements move: names inside strings (method paths such as
+    # '/visionmesh.gateway.v1.AuthService/SignUp') are the wire contract.
     text = _IMPORT.sub(lambda m: f"{m.group(1)} visionmesh.api.", text)
-    text = re.sub(r"(?<![\w.])visionmesh\.(?!api\.)(\w+)\.v1\.", r"visionmesh.api.\1.v1.", text)
+    # The module name message classes report (pickling, repr) must be the real one.
+    text = re.sub(
+        r"(BuildTopDescriptorsAndMessages\(DESCRIPTOR, )'visionmesh\.(?!api\.)",
+        r"\1'visionmesh.api.",
+        text,
+    )
     path.write_text(text)
 
 

@@ -7,6 +7,7 @@ that need neither pay nothing. PostgreSQL is used when one answers (CI has one o
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 from collections.abc import AsyncIterator
@@ -21,6 +22,7 @@ from visionmesh.common.embedded import (
     SeaweedS3,
     postgres_url_if_reachable,
 )
+from visionmesh.common.errors import NotFound
 from visionmesh.common.storage import ObjectStore, ObjectStoreConfig
 
 S3_ACCESS_KEY = "visionmesh-test"
@@ -79,7 +81,8 @@ async def object_store(object_store_config: ObjectStoreConfig) -> AsyncIterator[
     finally:
         # Buckets are SeaweedFS collections with their own volumes; dropping them keeps a
         # long session from running out of volume slots.
-        await store.remove_bucket()
+        with contextlib.suppress(NotFound):
+            await store.remove_bucket()
         store.close()
 
 

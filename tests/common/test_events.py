@@ -93,7 +93,7 @@ async def test_unacked_message_is_redelivered_after_ack_wait(
     assert second.stream_sequence == first.stream_sequence
     assert second.num_delivered == 2
     await second.ack(confirm=True)
-    assert await consumer.fetch(1, timeout=1.5) == []
+    assert await consumer.fetch(1, timeout=1.2) == []
 
 
 async def test_in_progress_holds_off_redelivery(bus: EventBus, names: tuple[str, str]) -> None:
@@ -103,13 +103,13 @@ async def test_in_progress_holds_off_redelivery(bus: EventBus, names: tuple[str,
     rival = await bus.pull_consumer(stream, "workers", ack_wait=1.0)
     delivery = await _one(worker)
 
-    # 2.5 ack_waits pass; without the progress pings the rival would get the message.
-    deadline = time.monotonic() + 2.5
+    # 2.2 ack_waits pass; without the progress pings the rival would get the message.
+    deadline = time.monotonic() + 2.2
     while time.monotonic() < deadline:
         await delivery.in_progress()
         assert await rival.fetch(1, timeout=0.3) == []
     await delivery.ack(confirm=True)
-    assert await rival.fetch(1, timeout=1.5) == []
+    assert await rival.fetch(1, timeout=1.2) == []
 
 
 async def test_nak_redelivers_and_nak_delay_waits(bus: EventBus, names: tuple[str, str]) -> None:
@@ -285,3 +285,12 @@ async def test_bus_reconnects_after_server_restart(tmp_path: Path) -> None:
         # The file store survived the restart: both messages are there.
         assert ack.sequence == 2
         assert (await bus.stream_info("RESTART")).state.messages == 2
+
+
+async def test_short_max_age_narrows_the_dedupe_window(
+    bus: EventBus, names: tuple[str, str]
+) -> None:
+    stream, prefix = names
+    info = await bus.ensure_stream(stream, [f"{prefix}.>"], max_age=30)
+    assert info.config.max_age == 30
+    assert info.config.duplicate_window == 30

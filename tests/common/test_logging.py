@@ -102,8 +102,8 @@ def test_console_output(configure: Configure) -> None:
 
 
 def test_reconfiguring_does_not_duplicate_output(configure: Configure) -> None:
-    configure()
     stream = configure()
+    configure_logging(service="svc", level="INFO", json=True, stream=stream)
     get_logger("x").info("once")
     assert len(lines(stream)) == 1
 

@@ -29,7 +29,7 @@ async def test_put_get_stat_exists(object_store: ObjectStore) -> None:
     assert info.size == 5
     assert info.etag == etag == hashlib.md5(b"hello").hexdigest()
     assert info.content_type == "text/plain"
-    assert {k.lower(): v for k, v in info.metadata.items()} == {"job": "j1"}
+    assert info.metadata == {"job": "j1"}
     assert await object_store.exists("a/hello.txt")
     assert not await object_store.exists("a/other.txt")
 
@@ -189,17 +189,18 @@ async def test_unreachable_endpoint_is_unavailable() -> None:
         await store.get_bytes("k")
 
 
-def test_endpoint_url_forms() -> None:
+async def test_endpoint_url_forms() -> None:
     https = ObjectStore(
         ObjectStoreConfig(
-            endpoint="https://s3.example.com", access_key="a", secret_key="b", bucket="x"
+            endpoint="https://s3.example.com", access_key="a", secret_key="b", bucket="bkt"
         )
     )
-    assert https._client._base_url.is_https
+    # Presigning is offline (the region is preset), so this needs no server.
+    assert (await https.presigned_get("k")).startswith("https://s3.example.com/bkt/k?")
     with pytest.raises(InvalidArgument):
         ObjectStore(
             ObjectStoreConfig(
-                endpoint="http://s3.example.com/path", access_key="a", secret_key="b", bucket="x"
+                endpoint="http://s3.example.com/path", access_key="a", secret_key="b", bucket="bkt"
             )
         )
     assert "secret" not in repr(

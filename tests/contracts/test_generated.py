@@ -121,3 +121,34 @@ def test_kserve_proto_is_not_generated(gen_protos: ModuleType) -> None:
     # Its package `inference` would clash with tritonclient's copy in the default pool.
     assert not (gen_protos.OUT / "inference").exists()
     assert not any((gen_protos.OUT / "visionmesh/api").rglob("grpc_service_pb2*"))
+
+
+class _RecordingChannel:
+    """Stands in for a grpc.Channel: records the method paths a stub binds."""
+
+    def __init__(self) -> None:
+        self.paths: list[str] = []
+
+    def _record(self, path: str, *args: object, **kwargs: object) -> None:
+        self.paths.append(path)
+
+    unary_unary = unary_stream = stream_unary = stream_stream = _record
+
+
+def test_stubs_call_the_wire_method_paths(gen_protos: ModuleType) -> None:
+    # The import rewrite must never touch strings: a stub calling
+    # /visionmesh.api.gateway.v1.AuthService/SignUp reaches no server.
+    checked = 0
+    for rel in gen_protos.proto_files():
+        if rel.startswith(gen_protos.SKIP_PYTHON):
+            continue
+        name = "visionmesh.api." + rel.removeprefix("visionmesh/").removesuffix(".proto")
+        module = importlib.import_module(name.replace("/", ".") + "_pb2")
+        for service in module.DESCRIPTOR.services_by_name.values():
+            grpc_module = importlib.import_module(module.__name__ + "_grpc")
+            channel = _RecordingChannel()
+            getattr(grpc_module, f"{service.name}Stub")(channel)
+            expected = [f"/{service.full_name}/{m.name}" for m in service.methods]
+            assert sorted(channel.paths) == sorted(expected), service.full_name
+            checked += 1
+    assert checked >= 8

@@ -90,9 +90,7 @@ GatewayFactory = Callable[..., Awaitable[GatewayHarness]]
 
 
 @pytest_asyncio.fixture
-async def make_gateway(
-    tmp_path: Path, s3_server: SeaweedS3
-) -> AsyncIterator[GatewayFactory]:
+async def make_gateway(tmp_path: Path, s3_server: SeaweedS3) -> AsyncIterator[GatewayFactory]:
     """Builds gateways on free ports; each gets its own bucket and key."""
     started: list[tuple[Gateway, GrpcServer]] = []
 
@@ -102,6 +100,7 @@ async def make_gateway(
         key = generate_signing_key()
         key_file = root / "signing.pem"
         key_file.write_bytes(private_key_pem(key))
+        key_file.chmod(0o600)
         from visionmesh.common.auth import public_key_pem
 
         training = await start_training_server(root, public_key_pem(key.public_key()))

@@ -10,10 +10,14 @@ import grpc
 import httpx
 import pytest
 from google.api import annotations_pb2  # noqa: F401  (registers google.api.http)
-from google.protobuf import descriptor_pb2, descriptor_pool, text_format
-from google.protobuf import timestamp_pb2, wrappers_pb2  # noqa: F401  (loads their files)
+from google.protobuf import (  # noqa: F401  (loads their files)
+    descriptor_pb2,
+    descriptor_pool,
+    text_format,
+    timestamp_pb2,
+    wrappers_pb2,
+)
 from google.protobuf.descriptor import ServiceDescriptor
-
 from visionmesh.api.common.v1 import job_pb2
 from visionmesh.api.gateway.v1 import datasets_pb2, datasets_pb2_grpc, jobs_pb2, jobs_pb2_grpc
 from visionmesh.common.auth import Principal, current_principal
@@ -54,7 +58,9 @@ class FakeJobs(jobs_pb2_grpc.JobServiceServicer):
         self.seen_metadata: tuple[tuple[str, str], ...] = ()
         self.seen_peer = ""
 
-    async def GetJob(self, request: jobs_pb2.GetJobRequest, context: Any) -> jobs_pb2.GetJobResponse:
+    async def GetJob(
+        self, request: jobs_pb2.GetJobRequest, context: Any
+    ) -> jobs_pb2.GetJobResponse:
         principal = current_principal()
         assert principal is not None
         self.seen_metadata = tuple(context.invocation_metadata())
@@ -106,8 +112,8 @@ class FakeJobs(jobs_pb2_grpc.JobServiceServicer):
                 yield event
             if request.id == "fails-midway":
                 raise RuntimeError("lost the event bus")
-            while self.watch_forever:
-                await asyncio.sleep(3600)
+            if self.watch_forever:
+                await asyncio.Event().wait()  # a live job that never ends
         finally:
             self.watch_closed.set()
 
@@ -144,8 +150,8 @@ class FakeDatasets(datasets_pb2_grpc.DatasetServiceServicer):
 # contracts do not use yet: nested and multi-segment path variables, body "<field>",
 # repeated/bool/bytes/Timestamp/wrapper query parameters, response_body.
 _LIBRARY_PROTO = """
-name: "visionmesh_test/rest/library.proto"
-package: "visionmesh.test.rest"
+name: "vmtest/rest/library.proto"
+package: "vmtest.rest"
 dependency: "google/api/annotations.proto"
 dependency: "google/protobuf/timestamp.proto"
 dependency: "google/protobuf/wrappers.proto"
@@ -158,72 +164,78 @@ enum_type {
 }
 message_type {
   name: "Book"
-  field { name: "name" number: 1 type: TYPE_STRING label: LABEL_OPTIONAL json_name: "name" }
-  field { name: "title" number: 2 type: TYPE_STRING label: LABEL_OPTIONAL json_name: "title" }
-  field { name: "page_count" number: 3 type: TYPE_INT64 label: LABEL_OPTIONAL json_name: "pageCount" }
-  field { name: "genre" number: 4 type: TYPE_ENUM type_name: ".visionmesh.test.rest.Genre" label: LABEL_OPTIONAL json_name: "genre" }
-  field { name: "related" number: 5 type: TYPE_MESSAGE type_name: ".visionmesh.test.rest.Book" label: LABEL_OPTIONAL json_name: "related" }
-  field { name: "labels" number: 6 type: TYPE_MESSAGE type_name: ".visionmesh.test.rest.Book.LabelsEntry" label: LABEL_REPEATED json_name: "labels" }
+  field { name: "name" number: 1 type: TYPE_STRING }
+  field { name: "title" number: 2 type: TYPE_STRING }
+  field { name: "page_count" number: 3 type: TYPE_INT64 }
+  field { name: "genre" number: 4 type: TYPE_ENUM type_name: ".vmtest.rest.Genre" }
+  field { name: "related" number: 5 type: TYPE_MESSAGE type_name: ".vmtest.rest.Book" }
+  field {
+    name: "labels" number: 6 type: TYPE_MESSAGE label: LABEL_REPEATED
+    type_name: ".vmtest.rest.Book.LabelsEntry"
+  }
   nested_type {
     name: "LabelsEntry"
-    field { name: "key" number: 1 type: TYPE_STRING label: LABEL_OPTIONAL json_name: "key" }
-    field { name: "value" number: 2 type: TYPE_STRING label: LABEL_OPTIONAL json_name: "value" }
+    field { name: "key" number: 1 type: TYPE_STRING }
+    field { name: "value" number: 2 type: TYPE_STRING }
     options { map_entry: true }
   }
 }
 message_type {
   name: "Filter"
-  field { name: "genres" number: 1 type: TYPE_ENUM type_name: ".visionmesh.test.rest.Genre" label: LABEL_REPEATED json_name: "genres" }
-  field { name: "since" number: 2 type: TYPE_MESSAGE type_name: ".google.protobuf.Timestamp" label: LABEL_OPTIONAL json_name: "since" }
-  field { name: "min_pages" number: 3 type: TYPE_MESSAGE type_name: ".google.protobuf.Int32Value" label: LABEL_OPTIONAL json_name: "minPages" }
+  field {
+    name: "genres" number: 1 type: TYPE_ENUM label: LABEL_REPEATED
+    type_name: ".vmtest.rest.Genre"
+  }
+  field { name: "since" number: 2 type: TYPE_MESSAGE type_name: ".google.protobuf.Timestamp" }
+  field { name: "min_pages" number: 3 type: TYPE_MESSAGE type_name: ".google.protobuf.Int32Value" }
 }
 message_type {
   name: "GetBookRequest"
-  field { name: "name" number: 1 type: TYPE_STRING label: LABEL_OPTIONAL json_name: "name" }
+  field { name: "name" number: 1 type: TYPE_STRING }
 }
 message_type {
   name: "SearchBooksRequest"
-  field { name: "shelf" number: 1 type: TYPE_STRING label: LABEL_OPTIONAL json_name: "shelf" }
-  field { name: "path" number: 2 type: TYPE_STRING label: LABEL_OPTIONAL json_name: "path" }
-  field { name: "authors" number: 3 type: TYPE_STRING label: LABEL_REPEATED json_name: "authors" }
-  field { name: "available" number: 4 type: TYPE_BOOL label: LABEL_OPTIONAL json_name: "available" }
-  field { name: "max_price" number: 5 type: TYPE_DOUBLE label: LABEL_OPTIONAL json_name: "maxPrice" }
-  field { name: "cursor" number: 6 type: TYPE_BYTES label: LABEL_OPTIONAL json_name: "cursor" }
-  field { name: "filter" number: 7 type: TYPE_MESSAGE type_name: ".visionmesh.test.rest.Filter" label: LABEL_OPTIONAL json_name: "filter" }
-  field { name: "limit" number: 8 type: TYPE_UINT32 label: LABEL_OPTIONAL json_name: "limit" }
+  field { name: "shelf" number: 1 type: TYPE_STRING }
+  field { name: "path" number: 2 type: TYPE_STRING }
+  field { name: "authors" number: 3 type: TYPE_STRING label: LABEL_REPEATED }
+  field { name: "available" number: 4 type: TYPE_BOOL }
+  field { name: "max_price" number: 5 type: TYPE_DOUBLE }
+  field { name: "cursor" number: 6 type: TYPE_BYTES }
+  field { name: "filter" number: 7 type: TYPE_MESSAGE type_name: ".vmtest.rest.Filter" }
+  field { name: "limit" number: 8 type: TYPE_UINT32 }
 }
 message_type {
   name: "SearchBooksResponse"
-  field { name: "echo" number: 1 type: TYPE_MESSAGE type_name: ".visionmesh.test.rest.SearchBooksRequest" label: LABEL_OPTIONAL json_name: "echo" }
+  field { name: "echo" number: 1 type: TYPE_MESSAGE type_name: ".vmtest.rest.SearchBooksRequest" }
 }
 message_type {
   name: "UpdateBookRequest"
-  field { name: "book" number: 1 type: TYPE_MESSAGE type_name: ".visionmesh.test.rest.Book" label: LABEL_OPTIONAL json_name: "book" }
-  field { name: "validate_only" number: 2 type: TYPE_BOOL label: LABEL_OPTIONAL json_name: "validateOnly" }
+  field { name: "book" number: 1 type: TYPE_MESSAGE type_name: ".vmtest.rest.Book" }
+  field { name: "validate_only" number: 2 type: TYPE_BOOL }
 }
 message_type {
   name: "UpdateBookResponse"
-  field { name: "book" number: 1 type: TYPE_MESSAGE type_name: ".visionmesh.test.rest.Book" label: LABEL_OPTIONAL json_name: "book" }
-  field { name: "validate_only" number: 2 type: TYPE_BOOL label: LABEL_OPTIONAL json_name: "validateOnly" }
+  field { name: "book" number: 1 type: TYPE_MESSAGE type_name: ".vmtest.rest.Book" }
+  field { name: "validate_only" number: 2 type: TYPE_BOOL }
 }
 service {
   name: "LibraryService"
   method {
     name: "GetBook"
-    input_type: ".visionmesh.test.rest.GetBookRequest"
-    output_type: ".visionmesh.test.rest.Book"
+    input_type: ".vmtest.rest.GetBookRequest"
+    output_type: ".vmtest.rest.Book"
     options { [google.api.http] { get: "/v1/{name=shelves/*/books/*}" } }
   }
   method {
     name: "SearchBooks"
-    input_type: ".visionmesh.test.rest.SearchBooksRequest"
-    output_type: ".visionmesh.test.rest.SearchBooksResponse"
+    input_type: ".vmtest.rest.SearchBooksRequest"
+    output_type: ".vmtest.rest.SearchBooksResponse"
     options { [google.api.http] { get: "/v1/shelves/{shelf}/search/{path=**}" } }
   }
   method {
     name: "UpdateBook"
-    input_type: ".visionmesh.test.rest.UpdateBookRequest"
-    output_type: ".visionmesh.test.rest.UpdateBookResponse"
+    input_type: ".vmtest.rest.UpdateBookRequest"
+    output_type: ".vmtest.rest.UpdateBookResponse"
     options {
       [google.api.http] {
         patch: "/v1/books/{book.name}"
@@ -263,7 +275,9 @@ class FakeLibrary:
     async def GetBook(self, request: Any, context: Any) -> Any:
         from google.protobuf import message_factory
 
-        book_class = message_factory.GetMessageClass(LIBRARY_SERVICE.methods_by_name["GetBook"].output_type)
+        book_class = message_factory.GetMessageClass(
+            LIBRARY_SERVICE.methods_by_name["GetBook"].output_type
+        )
         return book_class(name=request.name, title="Dune", page_count=412, genre=1)
 
     def SearchBooks(self, request: Any, context: Any) -> Any:  # a plain function works too
@@ -321,7 +335,11 @@ def make_app(
         options.update(overrides)
         services = options.pop(
             "services",
-            [(JOB_SERVICE, jobs), (DATASET_SERVICE, FakeDatasets()), (LIBRARY_SERVICE, FakeLibrary())],
+            [
+                (JOB_SERVICE, jobs),
+                (DATASET_SERVICE, FakeDatasets()),
+                (LIBRARY_SERVICE, FakeLibrary()),
+            ],
         )
         return RestTranscoder(services, **options)
 

@@ -9,7 +9,6 @@ from google.protobuf import descriptor_pool
 from google.protobuf.descriptor import ServiceDescriptor
 from hypothesis import given
 from hypothesis import strategies as st
-
 from visionmesh.api.gateway.v1 import auth_pb2, datasets_pb2, jobs_pb2, models_pb2
 from visionmesh.api.training.v1 import training_pb2
 from visionmesh.gateway.api.rest import (
@@ -83,8 +82,8 @@ def _service(name: str, methods: str) -> ServiceDescriptor:
         syntax: "proto3"
         message_type {{
           name: "Req"
-          field {{ name: "id" number: 1 type: TYPE_STRING label: LABEL_OPTIONAL json_name: "id" }}
-          field {{ name: "tags" number: 2 type: TYPE_STRING label: LABEL_REPEATED json_name: "tags" }}
+          field {{ name: "id" number: 1 type: TYPE_STRING }}
+          field {{ name: "tags" number: 2 type: TYPE_STRING label: LABEL_REPEATED }}
         }}
         service {{ name: "S" {methods} }}
         """,
@@ -100,9 +99,10 @@ def _service(name: str, methods: str) -> ServiceDescriptor:
 
 
 def _method(name: str, rule: str) -> str:
+    request = ".visionmesh.test.{pkg}.Req"
     return (
-        f'method {{ name: "{name}" input_type: ".visionmesh.test.{{pkg}}.Req" '
-        f'output_type: ".visionmesh.test.{{pkg}}.Req" options {{ [google.api.http] {{ {rule} }} }} }}'
+        f'method {{ name: "{name}" input_type: "{request}" output_type: "{request}" '
+        f"options {{ [google.api.http] {{ {rule} }} }} }}"
     )
 
 

@@ -8,7 +8,6 @@ from typing import Any
 
 import httpx
 import pytest
-
 from visionmesh.gateway.api.rest import RestTranscoder, serve_rest
 
 
@@ -93,9 +92,7 @@ async def test_error_mid_stream_is_an_error_event(client: httpx.AsyncClient) -> 
     assert "event bus" not in json.dumps(error)
 
 
-async def test_heartbeats_and_disconnect_over_a_real_socket(
-    app: RestTranscoder, jobs
-) -> None:
+async def test_heartbeats_and_disconnect_over_a_real_socket(app: RestTranscoder, jobs) -> None:
     jobs.watch_forever = True
     server = await serve_rest(app, "127.0.0.1", 0)
     try:
@@ -124,20 +121,22 @@ async def test_heartbeats_and_disconnect_over_a_real_socket(
 async def test_stopping_the_server_ends_open_streams(app: RestTranscoder, jobs) -> None:
     jobs.watch_forever = True
     server = await serve_rest(app, "127.0.0.1", 0, grace_seconds=5)
-    async with httpx.AsyncClient(
-        base_url=f"http://127.0.0.1:{server.port}",
-        headers={"authorization": "Bearer good-token"},
-        timeout=5,
-    ) as http:
-        async with http.stream("GET", "/v1/jobs/j1/events") as response:
-            iterator = response.aiter_text()
-            first = await anext(iterator)
-            assert "event: message" in first
-            loop = asyncio.get_running_loop()
-            started = loop.time()
-            await server.stop()
-            rest = "".join([chunk async for chunk in iterator])
-            assert loop.time() - started < 3  # closed at once, not after the grace period
+    async with (
+        httpx.AsyncClient(
+            base_url=f"http://127.0.0.1:{server.port}",
+            headers={"authorization": "Bearer good-token"},
+            timeout=5,
+        ) as http,
+        http.stream("GET", "/v1/jobs/j1/events") as response,
+    ):
+        iterator = response.aiter_text()
+        first = await anext(iterator)
+        assert "event: message" in first
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        await server.stop()
+        rest = "".join([chunk async for chunk in iterator])
+        assert loop.time() - started < 3  # closed at once, not after the grace period
     assert "event: end" not in rest  # no end marker: EventSource reconnects elsewhere
     assert jobs.watch_closed.is_set()
 

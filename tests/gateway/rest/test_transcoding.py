@@ -5,7 +5,6 @@ from __future__ import annotations
 import httpx
 import pytest
 import structlog
-
 from visionmesh.gateway.api.rest import RestTranscoder
 
 
@@ -125,9 +124,7 @@ async def test_protovalidate_rules_run_before_the_servicer(
 
 
 async def test_json_body_is_parsed_into_the_request(client: httpx.AsyncClient) -> None:
-    response = await client.post(
-        "/v1/datasets", json={"name": "cats", "description": "many cats"}
-    )
+    response = await client.post("/v1/datasets", json={"name": "cats", "description": "many cats"})
     assert response.status_code == 200
     body = response.json()
     assert body["dataset"]["name"] == "cats"
@@ -167,7 +164,9 @@ async def test_wrongly_typed_json_value_names_the_field(
     assert violations(response.json()) == ["spec.epochs"]
 
 
-@pytest.mark.parametrize("body", [b'{"name": ', b"[1, 2]", b"\xff\xfe", b'{"name": "a", "name": "b"}'])
+@pytest.mark.parametrize(
+    "body", [b'{"name": ', b"[1, 2]", b"\xff\xfe", b'{"name": "a", "name": "b"}']
+)
 async def test_malformed_json_is_400(client: httpx.AsyncClient, body: bytes) -> None:
     response = await client.post(
         "/v1/datasets", content=body, headers={"content-type": "application/json"}
@@ -176,9 +175,7 @@ async def test_malformed_json_is_400(client: httpx.AsyncClient, body: bytes) -> 
     assert response.json()["status"] == "INVALID_ARGUMENT"
 
 
-async def test_validation_violation_names_the_field(
-    client: httpx.AsyncClient, violations
-) -> None:
+async def test_validation_violation_names_the_field(client: httpx.AsyncClient, violations) -> None:
     response = await client.post("/v1/datasets", json={"name": "", "description": "x"})
     assert response.status_code == 400
     body = response.json()
@@ -240,9 +237,7 @@ async def test_authenticator_sees_grpc_method_and_headers(
     assert metadata["x-tenant-hint"] == "t"
 
 
-async def test_servicer_context_exposes_metadata_and_peer(
-    client: httpx.AsyncClient, jobs
-) -> None:
+async def test_servicer_context_exposes_metadata_and_peer(client: httpx.AsyncClient, jobs) -> None:
     await client.get("/v1/jobs/j1", headers={"x-request-id": "req-1"})
     assert ("x-request-id", "req-1") in jobs.seen_metadata
     assert jobs.seen_peer == "ipv4:10.1.2.3:4567"

@@ -189,7 +189,9 @@ class PullConsumer:
         """Up to `batch` messages, waiting at most `timeout` seconds; [] if none arrived."""
         try:
             messages = await self._sub.fetch(batch, timeout=timeout)
-        except nats.errors.TimeoutError:
+        except TimeoutError:
+            # nats-py raises its own TimeoutError or a bare asyncio one depending on the
+            # phase of the fetch; both mean "nothing arrived in time".
             return []
         return [Delivery(msg) for msg in messages]
 
@@ -248,7 +250,7 @@ class OrderedSubscription:
         """The next message, or None after `timeout` seconds (None: wait for ever)."""
         try:
             return Delivery(await self._sub.next_msg(timeout=timeout))
-        except nats.errors.TimeoutError:
+        except TimeoutError:
             return None
 
     def __aiter__(self) -> AsyncIterator[Delivery]:
@@ -320,6 +322,7 @@ class EventBus:
         return self._nc is not None and self._nc.is_connected
 
     async def connect(self) -> None:
+        """Connects (idempotent); `Unavailable` if `initial_connect_timeout` runs out."""
         if self._nc is not None:
             return
         nc = Client()
@@ -400,6 +403,9 @@ class EventBus:
         Durations are seconds; `max_age=None` keeps messages until limits or acks remove them.
         Retention cannot change once a stream exists (FailedPrecondition).
         """
+        if max_age is not None and max_age > 0:
+            # The server refuses a dedupe window longer than the messages live.
+            duplicate_window = min(duplicate_window, max_age)
         config = api.StreamConfig(
             name=name,
             subjects=list(subjects),
@@ -422,7 +428,7 @@ class EventBus:
             info = await self.js.update_stream(config)
             self._log.info("jetstream stream updated", stream=name, subjects=list(subjects))
             return info
-        except (nats.errors.TimeoutError, nats.js.errors.ServiceUnavailableError) as exc:
+        except (TimeoutError, nats.js.errors.ServiceUnavailableError) as exc:
             raise Unavailable(f"JetStream unavailable: {exc}") from exc
         except nats.js.errors.APIError as exc:
             # The server rejects some changes (e.g. retention) with 400 and others with 500.
@@ -475,7 +481,7 @@ class EventBus:
             raise FailedPrecondition(
                 f"no JetStream stream stores subject {subject!r}", reason="NO_STREAM_FOR_SUBJECT"
             ) from exc
-        except (nats.errors.TimeoutError, nats.errors.ConnectionClosedError) as exc:
+        except (TimeoutError, nats.errors.ConnectionClosedError) as exc:
             raise Unavailable(f"publish to {subject!r} not acknowledged: {exc!r}") from exc
         return PublishAck(stream=ack.stream, sequence=ack.seq, duplicate=bool(ack.duplicate))
 
@@ -512,7 +518,7 @@ class EventBus:
             await self.js.add_consumer(stream, config)
         except nats.js.errors.NotFoundError as exc:
             raise NotFound(resource_type="stream", resource_id=stream) from exc
-        except (nats.errors.TimeoutError, nats.js.errors.ServiceUnavailableError) as exc:
+        except (TimeoutError, nats.js.errors.ServiceUnavailableError) as exc:
             raise Unavailable(f"JetStream unavailable: {exc}") from exc
         except nats.js.errors.APIError as exc:
             raise FailedPrecondition(

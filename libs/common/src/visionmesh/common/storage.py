@@ -297,8 +297,9 @@ class ObjectStore:
     async def stat(self, key: str) -> ObjectInfo:
         """Size, etag, content type and user metadata of `key`; `NotFound` if missing."""
         result = await self._call(key, self._client.stat_object, self.bucket, key)
+        # S3 user metadata keys are case-insensitive; lower-case them so lookups are stable.
         user_metadata = {
-            name[len("x-amz-meta-") :]: value
+            name[len("x-amz-meta-") :].lower(): value
             for name, value in (result.metadata or {}).items()
             if name.lower().startswith("x-amz-meta-")
         }

@@ -13,7 +13,7 @@ JOBS_STREAM = "JOBS"
 JOB_EVENTS_STREAM = "JOB_EVENTS"
 JOB_CONTROL_STREAM = "JOB_CONTROL"
 
-_KIND_TOKENS = {
+_KIND_TOKENS: dict[int, str] = {
     job_pb2.JOB_KIND_TRAINING: "training",
     job_pb2.JOB_KIND_EXPORT: "export",
     job_pb2.JOB_KIND_BATCH_INFERENCE: "batch_inference",

@@ -55,7 +55,9 @@ async def _watch(stack: Stack, stop: asyncio.Event) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="visionmesh-stack", description=__doc__)
     parser.add_argument("command", choices=["up"])
-    parser.add_argument("--data-dir", type=Path, default=None, help="default $VISIONMESH_DATA_DIR or ./.visionmesh")
+    parser.add_argument(
+        "--data-dir", type=Path, default=None, help="default $VISIONMESH_DATA_DIR or ./.visionmesh"
+    )
     args = parser.parse_args(argv)
     return asyncio.run(_up(args.data_dir or data_dir_from_env()))
 

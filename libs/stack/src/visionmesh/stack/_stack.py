@@ -10,7 +10,6 @@ from typing import Self
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-
 from visionmesh.common.auth import generate_signing_key, private_key_pem, public_key_pem
 from visionmesh.common.embedded import (
     ManagedProcess,
@@ -41,8 +40,15 @@ class Ports:
     @classmethod
     def free(cls) -> Ports:
         """All-ephemeral ports, for tests running a stack next to another."""
-        ports = free_ports(5)
-        return cls(*ports, s3_internal_base=0)
+        rest, grpc_port, training, nats, s3 = free_ports(5)
+        return cls(
+            gateway_rest=rest,
+            gateway_grpc=grpc_port,
+            training_grpc=training,
+            nats=nats,
+            s3=s3,
+            s3_internal_base=0,
+        )
 
     def seaweed(self) -> SeaweedPorts:
         if self.s3_internal_base:
@@ -91,9 +97,7 @@ class Stack:
         self.extra_env = dict(extra_env or {})
         self.training_workers = training_workers
         self.logs = self.data_dir / "logs"
-        self.nats = NatsServer(
-            store_dir=self.data_dir / "nats", port=ports.nats, log_dir=self.logs
-        )
+        self.nats = NatsServer(store_dir=self.data_dir / "nats", port=ports.nats, log_dir=self.logs)
         self.s3 = SeaweedS3(
             data_dir=self.data_dir / "s3",
             access_key=S3_ACCESS_KEY,

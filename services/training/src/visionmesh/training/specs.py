@@ -32,7 +32,9 @@ def to_train_spec(
             preload=loading.preload,
             num_workers=loading.num_workers,
             pin_memory=loading.pin_memory,
-            prefetch_factor=loading.prefetch_factor if loading.HasField("prefetch_factor") else None,
+            prefetch_factor=loading.prefetch_factor
+            if loading.HasField("prefetch_factor")
+            else None,
         ),
         amp=spec.amp,
         init_checkpoint=init_checkpoint,

@@ -12,6 +12,7 @@ from typing import Any
 
 import grpc
 import structlog
+from google.protobuf.message import Message
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 from visionmesh.common.auth import Authenticator, Principal, bind_principal, is_always_public
@@ -20,6 +21,7 @@ from visionmesh.common.errors import (
     Unauthenticated,
     VisionMeshError,
     from_rpc_error,
+    validate_message,
 )
 from visionmesh.common.logging import bind_request_id, get_logger, new_request_id
 from visionmesh.common.metrics import RpcMetrics
@@ -167,6 +169,13 @@ class _Call:
         await context.abort_with_status(rpc_status.to_status(status))  # type: ignore[attr-defined]
 
 
+def _validate(request: Any) -> None:
+    """Contract field rules (buf.validate), checked for every unary request after auth, so
+    a caller without credentials learns nothing about the API from validation errors."""
+    if isinstance(request, Message):
+        validate_message(request)
+
+
 class ServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     """Every RPC, any arity: binds a request id, authenticates, maps errors, logs, measures.
 
@@ -238,6 +247,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             with call.bound():
                 try:
                     with bind_principal(await call.authenticate()):
+                        _validate(request)
                         result = behavior(request, context)
                         if inspect.isawaitable(result):
                             result = await result
@@ -264,6 +274,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             with call.bound():
                 try:
                     with bind_principal(await call.authenticate()):
+                        _validate(request)
                         responses = behavior(request, context)
                         if hasattr(responses, "__aiter__"):
                             async for response in responses:

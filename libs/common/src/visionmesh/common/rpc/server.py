@@ -38,7 +38,7 @@ def server_options(settings: ServiceSettings) -> list[tuple[str, Any]]:
         ("grpc.max_send_message_length", settings.grpc_max_message_bytes),
         ("grpc.max_receive_message_length", settings.grpc_max_message_bytes),
         # Without this a second process on the same fixed port would silently share it.
-        
+        ("grpc.so_reuseport", 0),
     ]
 
 
@@ -70,7 +70,7 @@ class GrpcServer:
         authenticator: Authenticator | None = None,
         registry: CollectorRegistry | None = None,
         interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
-        reflection: bool = True,
+        enable_reflection: bool = True,
     ) -> None:
         self.settings = settings
         self.registry = registry if registry is not None else new_registry()
@@ -78,7 +78,7 @@ class GrpcServer:
         self.health = health_aio.HealthServicer()
         self._interceptor = ServerInterceptor(authenticator=authenticator, metrics=self.metrics)
         self._extra_interceptors = tuple(interceptors)
-        self._reflection = reflection
+        self._reflection = enable_reflection
         self._registrations: list[_Registration] = []
         self._server: grpc.aio.Server | None = None
         self._metrics_http: MetricsHttpServer | None = None

@@ -30,7 +30,9 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
     ) -> jobs_pb2.CreateTrainingJobResponse:
         return jobs_pb2.CreateTrainingJobResponse(job=await self._core.create_training_job(request))
 
-    async def GetJob(self, request: jobs_pb2.GetJobRequest, context: Any) -> jobs_pb2.GetJobResponse:
+    async def GetJob(
+        self, request: jobs_pb2.GetJobRequest, context: Any
+    ) -> jobs_pb2.GetJobResponse:
         return jobs_pb2.GetJobResponse(job=await self._core.get_job(request.id))
 
     async def ListJobs(
@@ -93,7 +95,9 @@ class DatasetServicer(datasets_pb2_grpc.DatasetServiceServicer):
     async def ListDatasets(
         self, request: datasets_pb2.ListDatasetsRequest, context: Any
     ) -> datasets_pb2.ListDatasetsResponse:
-        datasets, token = await self._core.list(size=request.page_size, token=request.page_token)
+        datasets, token = await self._core.list_datasets(
+            size=request.page_size, token=request.page_token
+        )
         return datasets_pb2.ListDatasetsResponse(datasets=datasets, next_page_token=token)
 
     async def GetDataset(

@@ -87,15 +87,7 @@ BOOTSTRAP_TENANT_ID: Final = str(uuid.UUID(int=1))
 
 SIGN_UP_METHOD: Final = "/visionmesh.gateway.v1.AuthService/SignUp"
 LOGIN_METHOD: Final = "/visionmesh.gateway.v1.AuthService/Login"
-# scripts/gen_protos.py currently rewrites the method paths in *_pb2_grpc.py along with
-# the imports, so generated stubs and servers use "/visionmesh.api.gateway.v1...". Until
-# that is fixed both spellings are recognised; drop the second once it is.
-_GENERATED_ALIASES: Final = {
-    method: method.replace("/visionmesh.gateway.", "/visionmesh.api.gateway.", 1)
-    for method in (SIGN_UP_METHOD, LOGIN_METHOD)
-}
-_LOGIN_METHODS: Final = frozenset({LOGIN_METHOD, _GENERATED_ALIASES[LOGIN_METHOD]})
-PUBLIC_METHODS: Final = frozenset({SIGN_UP_METHOD, LOGIN_METHOD, *_GENERATED_ALIASES.values()})
+PUBLIC_METHODS: Final = frozenset({SIGN_UP_METHOD, LOGIN_METHOD})
 
 _ALGORITHM = "EdDSA"
 _BAD_LOGIN = "invalid username or password"
@@ -507,7 +499,7 @@ class GatewayAuthenticator:
         return method in PUBLIC_METHODS
 
     async def authenticate(self, *, method: str, metadata: Mapping[str, str]) -> Principal | None:
-        if method in _LOGIN_METHODS:
+        if method == LOGIN_METHOD:
             return None
         token = bearer_token(metadata)
         if token is None:

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from google.protobuf import any_pb2, json_format
-from google.protobuf import symbol_database
+from google.protobuf import any_pb2, json_format, symbol_database
 from google.protobuf.timestamp_pb2 import Timestamp
-
 from visionmesh.api.common.v1 import artifact_pb2, job_pb2
 from visionmesh.api.gateway.v1 import datasets_pb2, models_pb2
 from visionmesh.gateway.db import models as db
@@ -113,9 +111,7 @@ def snapshot(row: db.Snapshot) -> datasets_pb2.Snapshot:
     )
 
 
-def model_version(
-    row: db.ModelVersion, checkpoint: db.Artifact | None
-) -> models_pb2.ModelVersion:
+def model_version(row: db.ModelVersion, checkpoint: db.Artifact | None) -> models_pb2.ModelVersion:
     return models_pb2.ModelVersion(
         id=row.id,
         model_id=row.model_id,

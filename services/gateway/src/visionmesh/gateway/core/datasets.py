@@ -9,7 +9,6 @@ from datetime import timedelta
 from pathlib import Path
 
 from sqlalchemy import select
-
 from visionmesh.api.gateway.v1 import datasets_pb2
 from visionmesh.common.auth import require_principal
 from visionmesh.common.db import Database
@@ -97,7 +96,9 @@ class DatasetsCore:
     async def dataset_name(self, dataset_id: str) -> str:
         return (await self._row(dataset_id)).name
 
-    async def list(self, *, size: int, token: str) -> tuple[list[datasets_pb2.Dataset], str]:
+    async def list_datasets(
+        self, *, size: int, token: str
+    ) -> tuple[list[datasets_pb2.Dataset], str]:
         principal = require_principal()
         size = page_size(size)
         query = newest_first(
@@ -118,7 +119,8 @@ class DatasetsCore:
         upload_key = f"datasets/{dataset_id}/upload.zip"
         if not await self._store.exists(upload_key):
             raise FailedPrecondition(
-                f"nothing was uploaded for dataset {dataset_id}: PUT the zip to its upload URL first"
+                f"nothing was uploaded for dataset {dataset_id}: "
+                "PUT the zip to its upload URL first"
             )
         with tempfile.TemporaryDirectory(dir=self._work_dir) as tmp:
             archive = Path(tmp) / "archive.zip"

@@ -9,7 +9,6 @@ from google.protobuf import json_format
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
-
 from visionmesh.api.common.v1 import artifact_pb2
 from visionmesh.api.events.v1 import events_pb2
 from visionmesh.api.gateway.v1 import jobs_pb2
@@ -40,7 +39,7 @@ class JobEventApplier:
         source_key = f"{event.attempt}/{event.worker_sequence}"
         async with self._db.session() as session:
             query = select(db.Job).where(db.Job.id == event.job_id)
-            if session.bind.dialect.name == "postgresql":
+            if self._db.is_postgresql:
                 query = query.with_for_update()  # one applier per job across replicas
             job = await session.scalar(query)
             if job is None or job.tenant_id != event.tenant_id:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
@@ -11,7 +12,6 @@ from google.protobuf import json_format
 from google.protobuf.timestamp_pb2 import Timestamp
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
-
 from visionmesh.api.common.v1 import artifact_pb2, job_pb2, metric_pb2
 from visionmesh.api.events.v1 import events_pb2
 from visionmesh.api.gateway.v1 import jobs_pb2
@@ -177,7 +177,9 @@ class JobsCore:
         async with self._db.session() as session:
             session.add(job)
             await session.flush()
-            await append_event(session, job, source_key="gateway/created", event=state_event(states.PENDING))
+            await append_event(
+                session, job, source_key="gateway/created", event=state_event(states.PENDING)
+            )
             session.add(
                 db.OutboxMessage(
                     subject=job_request_subject(job_pb2.JOB_KIND_TRAINING),
@@ -300,7 +302,9 @@ class JobsCore:
 
     # -- watch ------------------------------------------------------------------------
 
-    async def watch(self, job_id: str, after_sequence: int) -> AsyncIterator[jobs_pb2.WatchJobResponse]:
+    async def watch(
+        self, job_id: str, after_sequence: int
+    ) -> AsyncIterator[jobs_pb2.WatchJobResponse]:
         """Yields stored events after `after_sequence`, then live ones, until terminal."""
         async with self._db.session() as session:
             await self._job_row(session, job_id)
@@ -329,16 +333,16 @@ class JobsCore:
                     return
                 if rows and last < newest:
                     continue
-                try:
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(wakeup.wait(), _WATCH_POLL_SECONDS)
-                except TimeoutError:
-                    pass
         finally:
             self._watchers.unregister(job_id, wakeup)
 
 
 async def count_unpublished(session: AsyncSession) -> int:
     result = await session.scalar(
-        select(func.count()).select_from(db.OutboxMessage).where(db.OutboxMessage.published_at.is_(None))
+        select(func.count())
+        .select_from(db.OutboxMessage)
+        .where(db.OutboxMessage.published_at.is_(None))
     )
     return int(result or 0)

@@ -7,7 +7,6 @@ import contextlib
 
 from google.protobuf import symbol_database
 from sqlalchemy import select
-
 from visionmesh.common.db import Database
 from visionmesh.common.errors import VisionMeshError
 from visionmesh.common.events import EventBus
@@ -72,18 +71,22 @@ class OutboxRelay:
                 .order_by(db.OutboxMessage.id)
                 .limit(self._batch_size)
             )
-            if session.bind.dialect.name == "postgresql":
+            if self._db.is_postgresql:
                 query = query.with_for_update(skip_locked=True)
             rows = list((await session.scalars(query)).all())
             if not rows:
                 return 0, 0
             job_ids = {row.job_id for row in rows if row.job_id}
-            jobs = {
-                job.id: job
-                for job in (
-                    await session.scalars(select(db.Job).where(db.Job.id.in_(job_ids)))
-                ).all()
-            } if job_ids else {}
+            jobs = (
+                {
+                    job.id: job
+                    for job in (
+                        await session.scalars(select(db.Job).where(db.Job.id.in_(job_ids)))
+                    ).all()
+                }
+                if job_ids
+                else {}
+            )
             to_send = []
             for row in rows:
                 job = jobs.get(row.job_id)

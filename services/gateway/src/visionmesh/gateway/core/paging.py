@@ -9,7 +9,6 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Select, and_, or_
-
 from visionmesh.common.errors import InvalidArgument
 
 DEFAULT_PAGE_SIZE = 50

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
-
 from visionmesh.api.gateway.v1 import models_pb2
 from visionmesh.common.auth import require_principal
 from visionmesh.common.db import Database

@@ -52,7 +52,7 @@ class EpochResult:
     metrics: Mapping[str, float]
     lr: float
     elapsed_seconds: float
-    """Since the job started (across resumes where the checkpoint recorded it)."""
+    """From the start of the run that trained this epoch (a resumed run counts from its start)."""
 
 
 def _no_progress(update: ProgressUpdate) -> None:

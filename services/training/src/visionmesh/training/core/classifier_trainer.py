@@ -103,6 +103,7 @@ def _loader(
     dataset: Dataset[Any],
     *,
     spec: TrainSpec,
+    device: torch.device,
     batch: int,
     sampler: RandomSampler | None,
     preloaded: bool,
@@ -122,7 +123,7 @@ def _loader(
         sampler=sampler,
         shuffle=False,
         num_workers=workers,
-        pin_memory=loading.pin_memory and torch.cuda.is_available(),
+        pin_memory=loading.pin_memory and device.type == "cuda",
         drop_last=drop_last,
         **extra,
     )
@@ -326,8 +327,13 @@ def train_classifier(
     _seed_everything(spec.seed)
     model = build_torchvision_classifier(spec.model, num_classes=len(class_names), imgsz=spec.imgsz)
     if spec.init_checkpoint is not None and resume is None:
-        init = torch.load(spec.init_checkpoint, map_location="cpu", weights_only=True)
-        state = init.get("model_state", init) if isinstance(init, dict) else init
+        try:
+            init = torch.load(spec.init_checkpoint, map_location="cpu", weights_only=True)
+        except Exception as exc:  # pickled modules (e.g. an Ultralytics .pt) are refused here
+            raise ValueError(
+                f"{spec.init_checkpoint} is not a classifier checkpoint or state dict: {exc}"
+            ) from exc
+        state = init.get("model_state", init) if isinstance(init, dict) else {}
         if _load_matching(model, state) == 0:
             raise ValueError(f"{spec.init_checkpoint} shares no weights with {spec.model}")
     model.to(device)
@@ -348,13 +354,20 @@ def train_classifier(
     train_loader = _loader(
         train_ds,
         spec=spec,
+        device=device,
         batch=spec.batch,
         sampler=RandomSampler(range(n_train), generator=shuffle),
         preloaded=preload,
         drop_last=n_train > spec.batch and n_train % spec.batch == 1,
     )
     val_loader = _loader(
-        val_ds, spec=spec, batch=spec.batch * 2, sampler=None, preloaded=preload, drop_last=False
+        val_ds,
+        spec=spec,
+        device=device,
+        batch=spec.batch * 2,
+        sampler=None,
+        preloaded=preload,
+        drop_last=False,
     )
     steps_per_epoch = len(train_loader)
     total_steps = steps_per_epoch * spec.epochs
@@ -432,7 +445,7 @@ def train_classifier(
                 scaler.step(optimizer)
                 scaler.update()
                 batches_this_epoch += 1
-                loss_sum += float(loss) * int(target.numel())
+                loss_sum += float(loss.detach()) * int(target.numel())
                 seen += int(target.numel())
                 report.train_batch(
                     epoch=epoch,

@@ -264,8 +264,9 @@ class _Run:
             {**trainer.label_loss_items(trainer.tloss, prefix="train"), **(trainer.metrics or {})}
         )
         if not self.in_epoch:
-            # Ultralytics calls this once more after training, with best.pt's validation.
-            self.final_metrics = metrics
+            # Ultralytics calls this once more after training, with best.pt's validation; the
+            # losses then still describe the last epoch, not best.pt.
+            self.final_metrics = {k: v for k, v in metrics.items() if not k.startswith("train/")}
             return
         self.in_epoch = False
         assert self.reporter is not None

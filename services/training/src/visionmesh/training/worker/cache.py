@@ -48,7 +48,7 @@ def _extract(archive: Path, manifest: dict[str, Any], dest: Path) -> None:
             size = 0
             try:
                 with zf.open(member) as src, target.open("wb") as out:
-                    for chunk in iter(lambda: src.read(1 << 20), b""):  # noqa: B023
+                    for chunk in iter(lambda: src.read(1 << 20), b""):
                         digest.update(chunk)
                         size += len(chunk)
                         out.write(chunk)

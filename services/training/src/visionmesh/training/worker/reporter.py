@@ -6,7 +6,6 @@ import asyncio
 from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
-
 from visionmesh.api.common.v1 import artifact_pb2, job_pb2, metric_pb2
 from visionmesh.api.events.v1 import events_pb2
 from visionmesh.common.events import EventBus

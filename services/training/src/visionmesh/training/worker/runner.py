@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import shutil
 import threading
@@ -13,7 +14,6 @@ from typing import Any
 
 import yaml
 from google.protobuf.timestamp_pb2 import Timestamp
-
 from visionmesh.api.common.v1 import artifact_pb2, job_pb2, metric_pb2
 from visionmesh.api.events.v1 import events_pb2
 from visionmesh.common.logging import get_logger
@@ -116,9 +116,7 @@ class TrainingJobRunner:
         cancel: threading.Event,
     ) -> Outcome:
         spec_proto = work.spec
-        await reporter.progress(
-            job_pb2.JobProgress(phase="data", total_epochs=spec_proto.epochs)
-        )
+        await reporter.progress(job_pb2.JobProgress(phase="data", total_epochs=spec_proto.epochs))
         data_dir, cached = await self._cache.materialise(work.snapshot)
         _log.info("dataset ready", job_id=request.job_id, path=str(data_dir), cached=cached)
         init_checkpoint = None
@@ -139,23 +137,22 @@ class TrainingJobRunner:
 
         loop = asyncio.get_running_loop()
         hooks = self._hooks(loop, reporter, prefix, cancel)
+        options: dict[str, Any] = {
+            "workdir": workdir / "run",
+            "hooks": hooks,
+            "resume_from": resume_from,
+            "progress_every": self._progress_every,
+        }
         train: Callable[..., TrainResult]
         if spec.framework == "torchvision":
-            train, data = train_classifier, data_dir
+            train, options["data_root"] = train_classifier, data_dir
         elif spec.task == "classify":
-            train, data = train_ultralytics, data_dir
+            train, options["data"] = train_ultralytics, data_dir
         else:
             train = train_ultralytics
-            data = write_data_yaml(data_dir, list(work.snapshot.class_names), workdir / "data.yaml")
-        result = await asyncio.to_thread(
-            train,
-            spec,
-            data=data,
-            workdir=workdir / "run",
-            hooks=hooks,
-            resume_from=resume_from,
-            progress_every=self._progress_every,
-        )
+            class_names = list(work.snapshot.class_names)
+            options["data"] = write_data_yaml(data_dir, class_names, workdir / "data.yaml")
+        result = await asyncio.to_thread(functools.partial(train, spec, **options))
         await reporter.flush()
         await reporter.progress(
             job_pb2.JobProgress(
@@ -247,15 +244,16 @@ class TrainingJobRunner:
         }
         uploaded: dict[str, artifact_pb2.ArtifactRef] = {}
         for name, path in files.items():
-            if path is None or not Path(path).exists():
+            if path is None or not await asyncio.to_thread(Path(path).exists):
                 continue
             path = Path(path)
             suffix = path.suffix
+            size = (await asyncio.to_thread(path.stat)).st_size
             ref = artifact_pb2.ArtifactRef(
                 name=name,
                 kind=_ARTIFACT_KINDS.get(suffix, "file"),
                 key=prefix + name,
-                size_bytes=path.stat().st_size,
+                size_bytes=size,
                 sha256=await asyncio.to_thread(_sha256, path),
                 content_type=_CONTENT_TYPES.get(suffix, "application/octet-stream"),
             )

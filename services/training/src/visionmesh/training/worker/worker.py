@@ -10,7 +10,6 @@ import uuid
 from collections.abc import AsyncIterator
 
 import nats.js.errors
-
 from visionmesh.api.common.v1 import job_pb2
 from visionmesh.api.events.v1 import events_pb2
 from visionmesh.common.events import Delivery, EventBus
@@ -142,7 +141,9 @@ class TrainingWorker:
 
     async def _cancelled_before_start(self, job_id: str) -> bool:
         try:
-            message = await self._bus.js.get_last_msg(JOB_CONTROL_STREAM, job_control_subject(job_id))
+            message = await self._bus.js.get_last_msg(
+                JOB_CONTROL_STREAM, job_control_subject(job_id)
+            )
         except nats.js.errors.NotFoundError:
             return False
         control = events_pb2.JobControl.FromString(message.data or b"")

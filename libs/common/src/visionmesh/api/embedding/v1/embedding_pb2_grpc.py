@@ -30,7 +30,7 @@ class EmbeddingServiceStub:
     (Qdrant) for similarity search and product matching. Collections belong to the
     caller's tenant; another tenant's collection is NOT_FOUND. Embedding jobs (bulk
     extraction into collections) reach the service through the JetStream work queue (see
-    visionmesh.api.events.v1.EmbeddingJobRequest).
+    visionmesh.events.v1.EmbeddingJobRequest).
     """
 
     def __init__(self, channel):
@@ -40,52 +40,52 @@ class EmbeddingServiceStub:
             channel: A grpc.Channel.
         """
         self.GetCapabilities = channel.unary_unary(
-                '/visionmesh.api.embedding.v1.EmbeddingService/GetCapabilities',
+                '/visionmesh.embedding.v1.EmbeddingService/GetCapabilities',
                 request_serializer=visionmesh_dot_embedding_dot_v1_dot_embedding__pb2.GetCapabilitiesRequest.SerializeToString,
                 response_deserializer=visionmesh_dot_embedding_dot_v1_dot_embedding__pb2.GetCapabilitiesResponse.FromString,
                 _registered_method=True)
         self.Embed = channel.unary_unary(
-                '/visionmesh.api.embedding.v1.EmbeddingService/Embed',
+                '/visionmesh.embedding.v1.EmbeddingService/Embed',
                 request_serializer=visionmesh_dot_embedding_dot_v1_dot_embedding__pb2.EmbedRequest.SerializeToString,
                 response_deserializer=visionmesh_dot_embedding_dot_v1_dot_embedding__pb2.EmbedResponse.FromString,
                 _registered_method=True)
         self.CreateCollection = channel.unary_unary(
-                '/visionmesh.api.embedding.v1.EmbeddingService/CreateCollection',
+                '/visionmesh.embedding.v1.EmbeddingService/CreateCollection',
                 request_serializer=visionmesh_dot_embedding_dot_v1_dot_embedding__pb2.CreateCollectionRequest.SerializeToString,
                 response_deserializer=visionmesh_dot_embedding_dot_v1_dot_embedding__pb2.CreateCollectionResponse.FromString,
                 _registered_method=True)
         self.GetCollection = channel.unary_unary(
-                '/visionmesh.api.embedding.v1.EmbeddingService/GetCollection',
+                '/visionmesh.embedding.v1.EmbeddingService/GetCollection',
                 request_serializer=visionmesh_dot_embedding_dot_v1_dot_embedding__pb2.GetCollectionRequest.SerializeToString,
                 response_deserializer=visionmesh_dot_embedding_dot_v1_dot_embedding__pb2.GetCollectionResponse.FromString,
                 _registered_method=True)
         self.ListCollections = channel.unary_unary(
-                '/visionmesh.api.embedding.v1.EmbeddingService/ListCollections',
+                '/visionmesh.embedding.v1.EmbeddingService/ListCollections',
                 request_serializer=visionmesh_dot_embedding_dot_v1_dot_embedding__pb2.ListCollectionsRequest.SerializeToString,
                 response_deserializer=visionmesh_dot_embedding_dot_v1_dot_embedding__pb2.ListCollectionsResponse.FromString,
                 _registered_method=True)
         self.DeleteCollection = channel.unary_unary(
-                '/visionmesh.api.embedding.v1.EmbeddingService/DeleteCollection',
+                '/visionmesh.embedding.v1.EmbeddingService/DeleteCollection',
                 request_serializer=visionmesh_dot_embedding_dot_v1_dot_embedding__pb2.DeleteCollectionRequest.SerializeToString,
                 response_deserializer=visionmesh_dot_embedding_dot_v1_dot_embedding__pb2.DeleteCollectionResponse.FromString,
                 _registered_method=True)
         self.UpsertImages = channel.unary_unary(
-                '/visionmesh.api.embedding.v1.EmbeddingService/UpsertImages',
+                '/visionmesh.embedding.v1.EmbeddingService/UpsertImages',
                 request_serializer=visionmesh_dot_embedding_dot_v1_dot_embedding__pb2.UpsertImagesRequest.SerializeToString,
                 response_deserializer=visionmesh_dot_embedding_dot_v1_dot_embedding__pb2.UpsertImagesResponse.FromString,
                 _registered_method=True)
         self.Search = channel.unary_unary(
-                '/visionmesh.api.embedding.v1.EmbeddingService/Search',
+                '/visionmesh.embedding.v1.EmbeddingService/Search',
                 request_serializer=visionmesh_dot_embedding_dot_v1_dot_embedding__pb2.SearchRequest.SerializeToString,
                 response_deserializer=visionmesh_dot_embedding_dot_v1_dot_embedding__pb2.SearchResponse.FromString,
                 _registered_method=True)
         self.Match = channel.unary_unary(
-                '/visionmesh.api.embedding.v1.EmbeddingService/Match',
+                '/visionmesh.embedding.v1.EmbeddingService/Match',
                 request_serializer=visionmesh_dot_embedding_dot_v1_dot_embedding__pb2.MatchRequest.SerializeToString,
                 response_deserializer=visionmesh_dot_embedding_dot_v1_dot_embedding__pb2.MatchResponse.FromString,
                 _registered_method=True)
         self.ValidateEmbeddingSpec = channel.unary_unary(
-                '/visionmesh.api.embedding.v1.EmbeddingService/ValidateEmbeddingSpec',
+                '/visionmesh.embedding.v1.EmbeddingService/ValidateEmbeddingSpec',
                 request_serializer=visionmesh_dot_embedding_dot_v1_dot_embedding__pb2.ValidateEmbeddingSpecRequest.SerializeToString,
                 response_deserializer=visionmesh_dot_embedding_dot_v1_dot_embedding__pb2.ValidateEmbeddingSpecResponse.FromString,
                 _registered_method=True)
@@ -96,7 +96,7 @@ class EmbeddingServiceServicer:
     (Qdrant) for similarity search and product matching. Collections belong to the
     caller's tenant; another tenant's collection is NOT_FOUND. Embedding jobs (bulk
     extraction into collections) reach the service through the JetStream work queue (see
-    visionmesh.api.events.v1.EmbeddingJobRequest).
+    visionmesh.events.v1.EmbeddingJobRequest).
     """
 
     def GetCapabilities(self, request, context):
@@ -243,9 +243,9 @@ def add_EmbeddingServiceServicer_to_server(servicer, server):
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
-            'visionmesh.api.embedding.v1.EmbeddingService', rpc_method_handlers)
+            'visionmesh.embedding.v1.EmbeddingService', rpc_method_handlers)
     server.add_generic_rpc_handlers((generic_handler,))
-    server.add_registered_method_handlers('visionmesh.api.embedding.v1.EmbeddingService', rpc_method_handlers)
+    server.add_registered_method_handlers('visionmesh.embedding.v1.EmbeddingService', rpc_method_handlers)
 
 
  # This class is part of an EXPERIMENTAL API.
@@ -254,7 +254,7 @@ class EmbeddingService:
     (Qdrant) for similarity search and product matching. Collections belong to the
     caller's tenant; another tenant's collection is NOT_FOUND. Embedding jobs (bulk
     extraction into collections) reach the service through the JetStream work queue (see
-    visionmesh.api.events.v1.EmbeddingJobRequest).
+    visionmesh.events.v1.EmbeddingJobRequest).
     """
 
     @staticmethod
@@ -271,7 +271,7 @@ class EmbeddingService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/visionmesh.api.embedding.v1.EmbeddingService/GetCapabilities',
+            '/visionmesh.embedding.v1.EmbeddingService/GetCapabilities',
             visionmesh_dot_embedding_dot_v1_dot_embedding__pb2.GetCapabilitiesRequest.SerializeToString,
             visionmesh_dot_embedding_dot_v1_dot_embedding__pb2.GetCapabilitiesResponse.FromString,
             options,
@@ -298,7 +298,7 @@ class EmbeddingService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/visionmesh.api.embedding.v1.EmbeddingService/Embed',
+            '/visionmesh.embedding.v1.EmbeddingService/Embed',
             visionmesh_dot_embedding_dot_v1_dot_embedding__pb2.EmbedRequest.SerializeToString,
             visionmesh_dot_embedding_dot_v1_dot_embedding__pb2.EmbedResponse.FromString,
             options,
@@ -325,7 +325,7 @@ class EmbeddingService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/visionmesh.api.embedding.v1.EmbeddingService/CreateCollection',
+            '/visionmesh.embedding.v1.EmbeddingService/CreateCollection',
             visionmesh_dot_embedding_dot_v1_dot_embedding__pb2.CreateCollectionRequest.SerializeToString,
             visionmesh_dot_embedding_dot_v1_dot_embedding__pb2.CreateCollectionResponse.FromString,
             options,
@@ -352,7 +352,7 @@ class EmbeddingService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/visionmesh.api.embedding.v1.EmbeddingService/GetCollection',
+            '/visionmesh.embedding.v1.EmbeddingService/GetCollection',
             visionmesh_dot_embedding_dot_v1_dot_embedding__pb2.GetCollectionRequest.SerializeToString,
             visionmesh_dot_embedding_dot_v1_dot_embedding__pb2.GetCollectionResponse.FromString,
             options,
@@ -379,7 +379,7 @@ class EmbeddingService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/visionmesh.api.embedding.v1.EmbeddingService/ListCollections',
+            '/visionmesh.embedding.v1.EmbeddingService/ListCollections',
             visionmesh_dot_embedding_dot_v1_dot_embedding__pb2.ListCollectionsRequest.SerializeToString,
             visionmesh_dot_embedding_dot_v1_dot_embedding__pb2.ListCollectionsResponse.FromString,
             options,
@@ -406,7 +406,7 @@ class EmbeddingService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/visionmesh.api.embedding.v1.EmbeddingService/DeleteCollection',
+            '/visionmesh.embedding.v1.EmbeddingService/DeleteCollection',
             visionmesh_dot_embedding_dot_v1_dot_embedding__pb2.DeleteCollectionRequest.SerializeToString,
             visionmesh_dot_embedding_dot_v1_dot_embedding__pb2.DeleteCollectionResponse.FromString,
             options,
@@ -433,7 +433,7 @@ class EmbeddingService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/visionmesh.api.embedding.v1.EmbeddingService/UpsertImages',
+            '/visionmesh.embedding.v1.EmbeddingService/UpsertImages',
             visionmesh_dot_embedding_dot_v1_dot_embedding__pb2.UpsertImagesRequest.SerializeToString,
             visionmesh_dot_embedding_dot_v1_dot_embedding__pb2.UpsertImagesResponse.FromString,
             options,
@@ -460,7 +460,7 @@ class EmbeddingService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/visionmesh.api.embedding.v1.EmbeddingService/Search',
+            '/visionmesh.embedding.v1.EmbeddingService/Search',
             visionmesh_dot_embedding_dot_v1_dot_embedding__pb2.SearchRequest.SerializeToString,
             visionmesh_dot_embedding_dot_v1_dot_embedding__pb2.SearchResponse.FromString,
             options,
@@ -487,7 +487,7 @@ class EmbeddingService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/visionmesh.api.embedding.v1.EmbeddingService/Match',
+            '/visionmesh.embedding.v1.EmbeddingService/Match',
             visionmesh_dot_embedding_dot_v1_dot_embedding__pb2.MatchRequest.SerializeToString,
             visionmesh_dot_embedding_dot_v1_dot_embedding__pb2.MatchResponse.FromString,
             options,
@@ -514,7 +514,7 @@ class EmbeddingService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/visionmesh.api.embedding.v1.EmbeddingService/ValidateEmbeddingSpec',
+            '/visionmesh.embedding.v1.EmbeddingService/ValidateEmbeddingSpec',
             visionmesh_dot_embedding_dot_v1_dot_embedding__pb2.ValidateEmbeddingSpecRequest.SerializeToString,
             visionmesh_dot_embedding_dot_v1_dot_embedding__pb2.ValidateEmbeddingSpecResponse.FromString,
             options,

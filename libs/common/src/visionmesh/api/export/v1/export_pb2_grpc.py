@@ -29,7 +29,7 @@ class ExportServiceStub:
     """ExportService turns trained checkpoints into deployable models: ONNX (checked against
     the PyTorch outputs), TensorRT engines where a GPU and TensorRT exist, and a Triton
     model repository with the metadata inference needs. Jobs reach it through the
-    JetStream work queue (see visionmesh.api.events.v1.ExportJobRequest); these RPCs answer
+    JetStream work queue (see visionmesh.events.v1.ExportJobRequest); these RPCs answer
     synchronous questions about what it can export.
     """
 
@@ -40,12 +40,12 @@ class ExportServiceStub:
             channel: A grpc.Channel.
         """
         self.GetCapabilities = channel.unary_unary(
-                '/visionmesh.api.export.v1.ExportService/GetCapabilities',
+                '/visionmesh.export.v1.ExportService/GetCapabilities',
                 request_serializer=visionmesh_dot_export_dot_v1_dot_export__pb2.GetCapabilitiesRequest.SerializeToString,
                 response_deserializer=visionmesh_dot_export_dot_v1_dot_export__pb2.GetCapabilitiesResponse.FromString,
                 _registered_method=True)
         self.ValidateSpec = channel.unary_unary(
-                '/visionmesh.api.export.v1.ExportService/ValidateSpec',
+                '/visionmesh.export.v1.ExportService/ValidateSpec',
                 request_serializer=visionmesh_dot_export_dot_v1_dot_export__pb2.ValidateSpecRequest.SerializeToString,
                 response_deserializer=visionmesh_dot_export_dot_v1_dot_export__pb2.ValidateSpecResponse.FromString,
                 _registered_method=True)
@@ -55,7 +55,7 @@ class ExportServiceServicer:
     """ExportService turns trained checkpoints into deployable models: ONNX (checked against
     the PyTorch outputs), TensorRT engines where a GPU and TensorRT exist, and a Triton
     model repository with the metadata inference needs. Jobs reach it through the
-    JetStream work queue (see visionmesh.api.events.v1.ExportJobRequest); these RPCs answer
+    JetStream work queue (see visionmesh.events.v1.ExportJobRequest); these RPCs answer
     synchronous questions about what it can export.
     """
 
@@ -95,9 +95,9 @@ def add_ExportServiceServicer_to_server(servicer, server):
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
-            'visionmesh.api.export.v1.ExportService', rpc_method_handlers)
+            'visionmesh.export.v1.ExportService', rpc_method_handlers)
     server.add_generic_rpc_handlers((generic_handler,))
-    server.add_registered_method_handlers('visionmesh.api.export.v1.ExportService', rpc_method_handlers)
+    server.add_registered_method_handlers('visionmesh.export.v1.ExportService', rpc_method_handlers)
 
 
  # This class is part of an EXPERIMENTAL API.
@@ -105,7 +105,7 @@ class ExportService:
     """ExportService turns trained checkpoints into deployable models: ONNX (checked against
     the PyTorch outputs), TensorRT engines where a GPU and TensorRT exist, and a Triton
     model repository with the metadata inference needs. Jobs reach it through the
-    JetStream work queue (see visionmesh.api.events.v1.ExportJobRequest); these RPCs answer
+    JetStream work queue (see visionmesh.events.v1.ExportJobRequest); these RPCs answer
     synchronous questions about what it can export.
     """
 
@@ -123,7 +123,7 @@ class ExportService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/visionmesh.api.export.v1.ExportService/GetCapabilities',
+            '/visionmesh.export.v1.ExportService/GetCapabilities',
             visionmesh_dot_export_dot_v1_dot_export__pb2.GetCapabilitiesRequest.SerializeToString,
             visionmesh_dot_export_dot_v1_dot_export__pb2.GetCapabilitiesResponse.FromString,
             options,
@@ -150,7 +150,7 @@ class ExportService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/visionmesh.api.export.v1.ExportService/ValidateSpec',
+            '/visionmesh.export.v1.ExportService/ValidateSpec',
             visionmesh_dot_export_dot_v1_dot_export__pb2.ValidateSpecRequest.SerializeToString,
             visionmesh_dot_export_dot_v1_dot_export__pb2.ValidateSpecResponse.FromString,
             options,

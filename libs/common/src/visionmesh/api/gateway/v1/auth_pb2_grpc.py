@@ -38,37 +38,37 @@ class AuthServiceStub:
             channel: A grpc.Channel.
         """
         self.SignUp = channel.unary_unary(
-                '/visionmesh.api.gateway.v1.AuthService/SignUp',
+                '/visionmesh.gateway.v1.AuthService/SignUp',
                 request_serializer=visionmesh_dot_gateway_dot_v1_dot_auth__pb2.SignUpRequest.SerializeToString,
                 response_deserializer=visionmesh_dot_gateway_dot_v1_dot_auth__pb2.SignUpResponse.FromString,
                 _registered_method=True)
         self.Login = channel.unary_unary(
-                '/visionmesh.api.gateway.v1.AuthService/Login',
+                '/visionmesh.gateway.v1.AuthService/Login',
                 request_serializer=visionmesh_dot_gateway_dot_v1_dot_auth__pb2.LoginRequest.SerializeToString,
                 response_deserializer=visionmesh_dot_gateway_dot_v1_dot_auth__pb2.LoginResponse.FromString,
                 _registered_method=True)
         self.GetMe = channel.unary_unary(
-                '/visionmesh.api.gateway.v1.AuthService/GetMe',
+                '/visionmesh.gateway.v1.AuthService/GetMe',
                 request_serializer=visionmesh_dot_gateway_dot_v1_dot_auth__pb2.GetMeRequest.SerializeToString,
                 response_deserializer=visionmesh_dot_gateway_dot_v1_dot_auth__pb2.GetMeResponse.FromString,
                 _registered_method=True)
         self.CreateApiKey = channel.unary_unary(
-                '/visionmesh.api.gateway.v1.AuthService/CreateApiKey',
+                '/visionmesh.gateway.v1.AuthService/CreateApiKey',
                 request_serializer=visionmesh_dot_gateway_dot_v1_dot_auth__pb2.CreateApiKeyRequest.SerializeToString,
                 response_deserializer=visionmesh_dot_gateway_dot_v1_dot_auth__pb2.CreateApiKeyResponse.FromString,
                 _registered_method=True)
         self.ListApiKeys = channel.unary_unary(
-                '/visionmesh.api.gateway.v1.AuthService/ListApiKeys',
+                '/visionmesh.gateway.v1.AuthService/ListApiKeys',
                 request_serializer=visionmesh_dot_gateway_dot_v1_dot_auth__pb2.ListApiKeysRequest.SerializeToString,
                 response_deserializer=visionmesh_dot_gateway_dot_v1_dot_auth__pb2.ListApiKeysResponse.FromString,
                 _registered_method=True)
         self.RevokeApiKey = channel.unary_unary(
-                '/visionmesh.api.gateway.v1.AuthService/RevokeApiKey',
+                '/visionmesh.gateway.v1.AuthService/RevokeApiKey',
                 request_serializer=visionmesh_dot_gateway_dot_v1_dot_auth__pb2.RevokeApiKeyRequest.SerializeToString,
                 response_deserializer=visionmesh_dot_gateway_dot_v1_dot_auth__pb2.RevokeApiKeyResponse.FromString,
                 _registered_method=True)
         self.IssueServiceToken = channel.unary_unary(
-                '/visionmesh.api.gateway.v1.AuthService/IssueServiceToken',
+                '/visionmesh.gateway.v1.AuthService/IssueServiceToken',
                 request_serializer=visionmesh_dot_gateway_dot_v1_dot_auth__pb2.IssueServiceTokenRequest.SerializeToString,
                 response_deserializer=visionmesh_dot_gateway_dot_v1_dot_auth__pb2.IssueServiceTokenResponse.FromString,
                 _registered_method=True)
@@ -175,9 +175,9 @@ def add_AuthServiceServicer_to_server(servicer, server):
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
-            'visionmesh.api.gateway.v1.AuthService', rpc_method_handlers)
+            'visionmesh.gateway.v1.AuthService', rpc_method_handlers)
     server.add_generic_rpc_handlers((generic_handler,))
-    server.add_registered_method_handlers('visionmesh.api.gateway.v1.AuthService', rpc_method_handlers)
+    server.add_registered_method_handlers('visionmesh.gateway.v1.AuthService', rpc_method_handlers)
 
 
  # This class is part of an EXPERIMENTAL API.
@@ -201,7 +201,7 @@ class AuthService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/visionmesh.api.gateway.v1.AuthService/SignUp',
+            '/visionmesh.gateway.v1.AuthService/SignUp',
             visionmesh_dot_gateway_dot_v1_dot_auth__pb2.SignUpRequest.SerializeToString,
             visionmesh_dot_gateway_dot_v1_dot_auth__pb2.SignUpResponse.FromString,
             options,
@@ -228,7 +228,7 @@ class AuthService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/visionmesh.api.gateway.v1.AuthService/Login',
+            '/visionmesh.gateway.v1.AuthService/Login',
             visionmesh_dot_gateway_dot_v1_dot_auth__pb2.LoginRequest.SerializeToString,
             visionmesh_dot_gateway_dot_v1_dot_auth__pb2.LoginResponse.FromString,
             options,
@@ -255,7 +255,7 @@ class AuthService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/visionmesh.api.gateway.v1.AuthService/GetMe',
+            '/visionmesh.gateway.v1.AuthService/GetMe',
             visionmesh_dot_gateway_dot_v1_dot_auth__pb2.GetMeRequest.SerializeToString,
             visionmesh_dot_gateway_dot_v1_dot_auth__pb2.GetMeResponse.FromString,
             options,
@@ -282,7 +282,7 @@ class AuthService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/visionmesh.api.gateway.v1.AuthService/CreateApiKey',
+            '/visionmesh.gateway.v1.AuthService/CreateApiKey',
             visionmesh_dot_gateway_dot_v1_dot_auth__pb2.CreateApiKeyRequest.SerializeToString,
             visionmesh_dot_gateway_dot_v1_dot_auth__pb2.CreateApiKeyResponse.FromString,
             options,
@@ -309,7 +309,7 @@ class AuthService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/visionmesh.api.gateway.v1.AuthService/ListApiKeys',
+            '/visionmesh.gateway.v1.AuthService/ListApiKeys',
             visionmesh_dot_gateway_dot_v1_dot_auth__pb2.ListApiKeysRequest.SerializeToString,
             visionmesh_dot_gateway_dot_v1_dot_auth__pb2.ListApiKeysResponse.FromString,
             options,
@@ -336,7 +336,7 @@ class AuthService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/visionmesh.api.gateway.v1.AuthService/RevokeApiKey',
+            '/visionmesh.gateway.v1.AuthService/RevokeApiKey',
             visionmesh_dot_gateway_dot_v1_dot_auth__pb2.RevokeApiKeyRequest.SerializeToString,
             visionmesh_dot_gateway_dot_v1_dot_auth__pb2.RevokeApiKeyResponse.FromString,
             options,
@@ -363,7 +363,7 @@ class AuthService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/visionmesh.api.gateway.v1.AuthService/IssueServiceToken',
+            '/visionmesh.gateway.v1.AuthService/IssueServiceToken',
             visionmesh_dot_gateway_dot_v1_dot_auth__pb2.IssueServiceTokenRequest.SerializeToString,
             visionmesh_dot_gateway_dot_v1_dot_auth__pb2.IssueServiceTokenResponse.FromString,
             options,

@@ -38,37 +38,37 @@ class DatasetServiceStub:
             channel: A grpc.Channel.
         """
         self.CreateDataset = channel.unary_unary(
-                '/visionmesh.api.gateway.v1.DatasetService/CreateDataset',
+                '/visionmesh.gateway.v1.DatasetService/CreateDataset',
                 request_serializer=visionmesh_dot_gateway_dot_v1_dot_datasets__pb2.CreateDatasetRequest.SerializeToString,
                 response_deserializer=visionmesh_dot_gateway_dot_v1_dot_datasets__pb2.CreateDatasetResponse.FromString,
                 _registered_method=True)
         self.FinalizeDataset = channel.unary_unary(
-                '/visionmesh.api.gateway.v1.DatasetService/FinalizeDataset',
+                '/visionmesh.gateway.v1.DatasetService/FinalizeDataset',
                 request_serializer=visionmesh_dot_gateway_dot_v1_dot_datasets__pb2.FinalizeDatasetRequest.SerializeToString,
                 response_deserializer=visionmesh_dot_gateway_dot_v1_dot_datasets__pb2.FinalizeDatasetResponse.FromString,
                 _registered_method=True)
         self.ListDatasets = channel.unary_unary(
-                '/visionmesh.api.gateway.v1.DatasetService/ListDatasets',
+                '/visionmesh.gateway.v1.DatasetService/ListDatasets',
                 request_serializer=visionmesh_dot_gateway_dot_v1_dot_datasets__pb2.ListDatasetsRequest.SerializeToString,
                 response_deserializer=visionmesh_dot_gateway_dot_v1_dot_datasets__pb2.ListDatasetsResponse.FromString,
                 _registered_method=True)
         self.GetDataset = channel.unary_unary(
-                '/visionmesh.api.gateway.v1.DatasetService/GetDataset',
+                '/visionmesh.gateway.v1.DatasetService/GetDataset',
                 request_serializer=visionmesh_dot_gateway_dot_v1_dot_datasets__pb2.GetDatasetRequest.SerializeToString,
                 response_deserializer=visionmesh_dot_gateway_dot_v1_dot_datasets__pb2.GetDatasetResponse.FromString,
                 _registered_method=True)
         self.CreateSnapshot = channel.unary_unary(
-                '/visionmesh.api.gateway.v1.DatasetService/CreateSnapshot',
+                '/visionmesh.gateway.v1.DatasetService/CreateSnapshot',
                 request_serializer=visionmesh_dot_gateway_dot_v1_dot_datasets__pb2.CreateSnapshotRequest.SerializeToString,
                 response_deserializer=visionmesh_dot_gateway_dot_v1_dot_datasets__pb2.CreateSnapshotResponse.FromString,
                 _registered_method=True)
         self.ListSnapshots = channel.unary_unary(
-                '/visionmesh.api.gateway.v1.DatasetService/ListSnapshots',
+                '/visionmesh.gateway.v1.DatasetService/ListSnapshots',
                 request_serializer=visionmesh_dot_gateway_dot_v1_dot_datasets__pb2.ListSnapshotsRequest.SerializeToString,
                 response_deserializer=visionmesh_dot_gateway_dot_v1_dot_datasets__pb2.ListSnapshotsResponse.FromString,
                 _registered_method=True)
         self.GetSnapshot = channel.unary_unary(
-                '/visionmesh.api.gateway.v1.DatasetService/GetSnapshot',
+                '/visionmesh.gateway.v1.DatasetService/GetSnapshot',
                 request_serializer=visionmesh_dot_gateway_dot_v1_dot_datasets__pb2.GetSnapshotRequest.SerializeToString,
                 response_deserializer=visionmesh_dot_gateway_dot_v1_dot_datasets__pb2.GetSnapshotResponse.FromString,
                 _registered_method=True)
@@ -175,9 +175,9 @@ def add_DatasetServiceServicer_to_server(servicer, server):
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
-            'visionmesh.api.gateway.v1.DatasetService', rpc_method_handlers)
+            'visionmesh.gateway.v1.DatasetService', rpc_method_handlers)
     server.add_generic_rpc_handlers((generic_handler,))
-    server.add_registered_method_handlers('visionmesh.api.gateway.v1.DatasetService', rpc_method_handlers)
+    server.add_registered_method_handlers('visionmesh.gateway.v1.DatasetService', rpc_method_handlers)
 
 
  # This class is part of an EXPERIMENTAL API.
@@ -201,7 +201,7 @@ class DatasetService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/visionmesh.api.gateway.v1.DatasetService/CreateDataset',
+            '/visionmesh.gateway.v1.DatasetService/CreateDataset',
             visionmesh_dot_gateway_dot_v1_dot_datasets__pb2.CreateDatasetRequest.SerializeToString,
             visionmesh_dot_gateway_dot_v1_dot_datasets__pb2.CreateDatasetResponse.FromString,
             options,
@@ -228,7 +228,7 @@ class DatasetService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/visionmesh.api.gateway.v1.DatasetService/FinalizeDataset',
+            '/visionmesh.gateway.v1.DatasetService/FinalizeDataset',
             visionmesh_dot_gateway_dot_v1_dot_datasets__pb2.FinalizeDatasetRequest.SerializeToString,
             visionmesh_dot_gateway_dot_v1_dot_datasets__pb2.FinalizeDatasetResponse.FromString,
             options,
@@ -255,7 +255,7 @@ class DatasetService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/visionmesh.api.gateway.v1.DatasetService/ListDatasets',
+            '/visionmesh.gateway.v1.DatasetService/ListDatasets',
             visionmesh_dot_gateway_dot_v1_dot_datasets__pb2.ListDatasetsRequest.SerializeToString,
             visionmesh_dot_gateway_dot_v1_dot_datasets__pb2.ListDatasetsResponse.FromString,
             options,
@@ -282,7 +282,7 @@ class DatasetService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/visionmesh.api.gateway.v1.DatasetService/GetDataset',
+            '/visionmesh.gateway.v1.DatasetService/GetDataset',
             visionmesh_dot_gateway_dot_v1_dot_datasets__pb2.GetDatasetRequest.SerializeToString,
             visionmesh_dot_gateway_dot_v1_dot_datasets__pb2.GetDatasetResponse.FromString,
             options,
@@ -309,7 +309,7 @@ class DatasetService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/visionmesh.api.gateway.v1.DatasetService/CreateSnapshot',
+            '/visionmesh.gateway.v1.DatasetService/CreateSnapshot',
             visionmesh_dot_gateway_dot_v1_dot_datasets__pb2.CreateSnapshotRequest.SerializeToString,
             visionmesh_dot_gateway_dot_v1_dot_datasets__pb2.CreateSnapshotResponse.FromString,
             options,
@@ -336,7 +336,7 @@ class DatasetService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/visionmesh.api.gateway.v1.DatasetService/ListSnapshots',
+            '/visionmesh.gateway.v1.DatasetService/ListSnapshots',
             visionmesh_dot_gateway_dot_v1_dot_datasets__pb2.ListSnapshotsRequest.SerializeToString,
             visionmesh_dot_gateway_dot_v1_dot_datasets__pb2.ListSnapshotsResponse.FromString,
             options,
@@ -363,7 +363,7 @@ class DatasetService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/visionmesh.api.gateway.v1.DatasetService/GetSnapshot',
+            '/visionmesh.gateway.v1.DatasetService/GetSnapshot',
             visionmesh_dot_gateway_dot_v1_dot_datasets__pb2.GetSnapshotRequest.SerializeToString,
             visionmesh_dot_gateway_dot_v1_dot_datasets__pb2.GetSnapshotResponse.FromString,
             options,

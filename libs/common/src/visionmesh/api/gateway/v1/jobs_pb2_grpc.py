@@ -38,42 +38,42 @@ class JobServiceStub:
             channel: A grpc.Channel.
         """
         self.CreateTrainingJob = channel.unary_unary(
-                '/visionmesh.api.gateway.v1.JobService/CreateTrainingJob',
+                '/visionmesh.gateway.v1.JobService/CreateTrainingJob',
                 request_serializer=visionmesh_dot_gateway_dot_v1_dot_jobs__pb2.CreateTrainingJobRequest.SerializeToString,
                 response_deserializer=visionmesh_dot_gateway_dot_v1_dot_jobs__pb2.CreateTrainingJobResponse.FromString,
                 _registered_method=True)
         self.GetJob = channel.unary_unary(
-                '/visionmesh.api.gateway.v1.JobService/GetJob',
+                '/visionmesh.gateway.v1.JobService/GetJob',
                 request_serializer=visionmesh_dot_gateway_dot_v1_dot_jobs__pb2.GetJobRequest.SerializeToString,
                 response_deserializer=visionmesh_dot_gateway_dot_v1_dot_jobs__pb2.GetJobResponse.FromString,
                 _registered_method=True)
         self.ListJobs = channel.unary_unary(
-                '/visionmesh.api.gateway.v1.JobService/ListJobs',
+                '/visionmesh.gateway.v1.JobService/ListJobs',
                 request_serializer=visionmesh_dot_gateway_dot_v1_dot_jobs__pb2.ListJobsRequest.SerializeToString,
                 response_deserializer=visionmesh_dot_gateway_dot_v1_dot_jobs__pb2.ListJobsResponse.FromString,
                 _registered_method=True)
         self.CancelJob = channel.unary_unary(
-                '/visionmesh.api.gateway.v1.JobService/CancelJob',
+                '/visionmesh.gateway.v1.JobService/CancelJob',
                 request_serializer=visionmesh_dot_gateway_dot_v1_dot_jobs__pb2.CancelJobRequest.SerializeToString,
                 response_deserializer=visionmesh_dot_gateway_dot_v1_dot_jobs__pb2.CancelJobResponse.FromString,
                 _registered_method=True)
         self.WatchJob = channel.unary_stream(
-                '/visionmesh.api.gateway.v1.JobService/WatchJob',
+                '/visionmesh.gateway.v1.JobService/WatchJob',
                 request_serializer=visionmesh_dot_gateway_dot_v1_dot_jobs__pb2.WatchJobRequest.SerializeToString,
                 response_deserializer=visionmesh_dot_gateway_dot_v1_dot_jobs__pb2.WatchJobResponse.FromString,
                 _registered_method=True)
         self.ListJobMetrics = channel.unary_unary(
-                '/visionmesh.api.gateway.v1.JobService/ListJobMetrics',
+                '/visionmesh.gateway.v1.JobService/ListJobMetrics',
                 request_serializer=visionmesh_dot_gateway_dot_v1_dot_jobs__pb2.ListJobMetricsRequest.SerializeToString,
                 response_deserializer=visionmesh_dot_gateway_dot_v1_dot_jobs__pb2.ListJobMetricsResponse.FromString,
                 _registered_method=True)
         self.ListJobArtifacts = channel.unary_unary(
-                '/visionmesh.api.gateway.v1.JobService/ListJobArtifacts',
+                '/visionmesh.gateway.v1.JobService/ListJobArtifacts',
                 request_serializer=visionmesh_dot_gateway_dot_v1_dot_jobs__pb2.ListJobArtifactsRequest.SerializeToString,
                 response_deserializer=visionmesh_dot_gateway_dot_v1_dot_jobs__pb2.ListJobArtifactsResponse.FromString,
                 _registered_method=True)
         self.GetArtifactDownloadUrl = channel.unary_unary(
-                '/visionmesh.api.gateway.v1.JobService/GetArtifactDownloadUrl',
+                '/visionmesh.gateway.v1.JobService/GetArtifactDownloadUrl',
                 request_serializer=visionmesh_dot_gateway_dot_v1_dot_jobs__pb2.GetArtifactDownloadUrlRequest.SerializeToString,
                 response_deserializer=visionmesh_dot_gateway_dot_v1_dot_jobs__pb2.GetArtifactDownloadUrlResponse.FromString,
                 _registered_method=True)
@@ -195,9 +195,9 @@ def add_JobServiceServicer_to_server(servicer, server):
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
-            'visionmesh.api.gateway.v1.JobService', rpc_method_handlers)
+            'visionmesh.gateway.v1.JobService', rpc_method_handlers)
     server.add_generic_rpc_handlers((generic_handler,))
-    server.add_registered_method_handlers('visionmesh.api.gateway.v1.JobService', rpc_method_handlers)
+    server.add_registered_method_handlers('visionmesh.gateway.v1.JobService', rpc_method_handlers)
 
 
  # This class is part of an EXPERIMENTAL API.
@@ -221,7 +221,7 @@ class JobService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/visionmesh.api.gateway.v1.JobService/CreateTrainingJob',
+            '/visionmesh.gateway.v1.JobService/CreateTrainingJob',
             visionmesh_dot_gateway_dot_v1_dot_jobs__pb2.CreateTrainingJobRequest.SerializeToString,
             visionmesh_dot_gateway_dot_v1_dot_jobs__pb2.CreateTrainingJobResponse.FromString,
             options,
@@ -248,7 +248,7 @@ class JobService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/visionmesh.api.gateway.v1.JobService/GetJob',
+            '/visionmesh.gateway.v1.JobService/GetJob',
             visionmesh_dot_gateway_dot_v1_dot_jobs__pb2.GetJobRequest.SerializeToString,
             visionmesh_dot_gateway_dot_v1_dot_jobs__pb2.GetJobResponse.FromString,
             options,
@@ -275,7 +275,7 @@ class JobService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/visionmesh.api.gateway.v1.JobService/ListJobs',
+            '/visionmesh.gateway.v1.JobService/ListJobs',
             visionmesh_dot_gateway_dot_v1_dot_jobs__pb2.ListJobsRequest.SerializeToString,
             visionmesh_dot_gateway_dot_v1_dot_jobs__pb2.ListJobsResponse.FromString,
             options,
@@ -302,7 +302,7 @@ class JobService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/visionmesh.api.gateway.v1.JobService/CancelJob',
+            '/visionmesh.gateway.v1.JobService/CancelJob',
             visionmesh_dot_gateway_dot_v1_dot_jobs__pb2.CancelJobRequest.SerializeToString,
             visionmesh_dot_gateway_dot_v1_dot_jobs__pb2.CancelJobResponse.FromString,
             options,
@@ -329,7 +329,7 @@ class JobService:
         return grpc.experimental.unary_stream(
             request,
             target,
-            '/visionmesh.api.gateway.v1.JobService/WatchJob',
+            '/visionmesh.gateway.v1.JobService/WatchJob',
             visionmesh_dot_gateway_dot_v1_dot_jobs__pb2.WatchJobRequest.SerializeToString,
             visionmesh_dot_gateway_dot_v1_dot_jobs__pb2.WatchJobResponse.FromString,
             options,
@@ -356,7 +356,7 @@ class JobService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/visionmesh.api.gateway.v1.JobService/ListJobMetrics',
+            '/visionmesh.gateway.v1.JobService/ListJobMetrics',
             visionmesh_dot_gateway_dot_v1_dot_jobs__pb2.ListJobMetricsRequest.SerializeToString,
             visionmesh_dot_gateway_dot_v1_dot_jobs__pb2.ListJobMetricsResponse.FromString,
             options,
@@ -383,7 +383,7 @@ class JobService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/visionmesh.api.gateway.v1.JobService/ListJobArtifacts',
+            '/visionmesh.gateway.v1.JobService/ListJobArtifacts',
             visionmesh_dot_gateway_dot_v1_dot_jobs__pb2.ListJobArtifactsRequest.SerializeToString,
             visionmesh_dot_gateway_dot_v1_dot_jobs__pb2.ListJobArtifactsResponse.FromString,
             options,
@@ -410,7 +410,7 @@ class JobService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/visionmesh.api.gateway.v1.JobService/GetArtifactDownloadUrl',
+            '/visionmesh.gateway.v1.JobService/GetArtifactDownloadUrl',
             visionmesh_dot_gateway_dot_v1_dot_jobs__pb2.GetArtifactDownloadUrlRequest.SerializeToString,
             visionmesh_dot_gateway_dot_v1_dot_jobs__pb2.GetArtifactDownloadUrlResponse.FromString,
             options,

@@ -37,17 +37,17 @@ class ModelServiceStub:
             channel: A grpc.Channel.
         """
         self.ListModels = channel.unary_unary(
-                '/visionmesh.api.gateway.v1.ModelService/ListModels',
+                '/visionmesh.gateway.v1.ModelService/ListModels',
                 request_serializer=visionmesh_dot_gateway_dot_v1_dot_models__pb2.ListModelsRequest.SerializeToString,
                 response_deserializer=visionmesh_dot_gateway_dot_v1_dot_models__pb2.ListModelsResponse.FromString,
                 _registered_method=True)
         self.GetModel = channel.unary_unary(
-                '/visionmesh.api.gateway.v1.ModelService/GetModel',
+                '/visionmesh.gateway.v1.ModelService/GetModel',
                 request_serializer=visionmesh_dot_gateway_dot_v1_dot_models__pb2.GetModelRequest.SerializeToString,
                 response_deserializer=visionmesh_dot_gateway_dot_v1_dot_models__pb2.GetModelResponse.FromString,
                 _registered_method=True)
         self.GetModelVersion = channel.unary_unary(
-                '/visionmesh.api.gateway.v1.ModelService/GetModelVersion',
+                '/visionmesh.gateway.v1.ModelService/GetModelVersion',
                 request_serializer=visionmesh_dot_gateway_dot_v1_dot_models__pb2.GetModelVersionRequest.SerializeToString,
                 response_deserializer=visionmesh_dot_gateway_dot_v1_dot_models__pb2.GetModelVersionResponse.FromString,
                 _registered_method=True)
@@ -99,9 +99,9 @@ def add_ModelServiceServicer_to_server(servicer, server):
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
-            'visionmesh.api.gateway.v1.ModelService', rpc_method_handlers)
+            'visionmesh.gateway.v1.ModelService', rpc_method_handlers)
     server.add_generic_rpc_handlers((generic_handler,))
-    server.add_registered_method_handlers('visionmesh.api.gateway.v1.ModelService', rpc_method_handlers)
+    server.add_registered_method_handlers('visionmesh.gateway.v1.ModelService', rpc_method_handlers)
 
 
  # This class is part of an EXPERIMENTAL API.
@@ -124,7 +124,7 @@ class ModelService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/visionmesh.api.gateway.v1.ModelService/ListModels',
+            '/visionmesh.gateway.v1.ModelService/ListModels',
             visionmesh_dot_gateway_dot_v1_dot_models__pb2.ListModelsRequest.SerializeToString,
             visionmesh_dot_gateway_dot_v1_dot_models__pb2.ListModelsResponse.FromString,
             options,
@@ -151,7 +151,7 @@ class ModelService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/visionmesh.api.gateway.v1.ModelService/GetModel',
+            '/visionmesh.gateway.v1.ModelService/GetModel',
             visionmesh_dot_gateway_dot_v1_dot_models__pb2.GetModelRequest.SerializeToString,
             visionmesh_dot_gateway_dot_v1_dot_models__pb2.GetModelResponse.FromString,
             options,
@@ -178,7 +178,7 @@ class ModelService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/visionmesh.api.gateway.v1.ModelService/GetModelVersion',
+            '/visionmesh.gateway.v1.ModelService/GetModelVersion',
             visionmesh_dot_gateway_dot_v1_dot_models__pb2.GetModelVersionRequest.SerializeToString,
             visionmesh_dot_gateway_dot_v1_dot_models__pb2.GetModelVersionResponse.FromString,
             options,

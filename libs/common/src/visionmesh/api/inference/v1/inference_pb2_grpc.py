@@ -31,7 +31,7 @@ class InferenceServiceStub:
     deployment is NOT_FOUND. Deployments are also served over KServe v2
     (inference.GRPCInferenceService) under their name. Batch inference jobs reach the
     service through the JetStream work queue (see
-    visionmesh.api.events.v1.BatchInferenceJobRequest).
+    visionmesh.events.v1.BatchInferenceJobRequest).
     """
 
     def __init__(self, channel):
@@ -41,32 +41,32 @@ class InferenceServiceStub:
             channel: A grpc.Channel.
         """
         self.LoadModel = channel.unary_unary(
-                '/visionmesh.api.inference.v1.InferenceService/LoadModel',
+                '/visionmesh.inference.v1.InferenceService/LoadModel',
                 request_serializer=visionmesh_dot_inference_dot_v1_dot_inference__pb2.LoadModelRequest.SerializeToString,
                 response_deserializer=visionmesh_dot_inference_dot_v1_dot_inference__pb2.LoadModelResponse.FromString,
                 _registered_method=True)
         self.UnloadModel = channel.unary_unary(
-                '/visionmesh.api.inference.v1.InferenceService/UnloadModel',
+                '/visionmesh.inference.v1.InferenceService/UnloadModel',
                 request_serializer=visionmesh_dot_inference_dot_v1_dot_inference__pb2.UnloadModelRequest.SerializeToString,
                 response_deserializer=visionmesh_dot_inference_dot_v1_dot_inference__pb2.UnloadModelResponse.FromString,
                 _registered_method=True)
         self.ListDeployments = channel.unary_unary(
-                '/visionmesh.api.inference.v1.InferenceService/ListDeployments',
+                '/visionmesh.inference.v1.InferenceService/ListDeployments',
                 request_serializer=visionmesh_dot_inference_dot_v1_dot_inference__pb2.ListDeploymentsRequest.SerializeToString,
                 response_deserializer=visionmesh_dot_inference_dot_v1_dot_inference__pb2.ListDeploymentsResponse.FromString,
                 _registered_method=True)
         self.GetDeployment = channel.unary_unary(
-                '/visionmesh.api.inference.v1.InferenceService/GetDeployment',
+                '/visionmesh.inference.v1.InferenceService/GetDeployment',
                 request_serializer=visionmesh_dot_inference_dot_v1_dot_inference__pb2.GetDeploymentRequest.SerializeToString,
                 response_deserializer=visionmesh_dot_inference_dot_v1_dot_inference__pb2.GetDeploymentResponse.FromString,
                 _registered_method=True)
         self.Predict = channel.unary_unary(
-                '/visionmesh.api.inference.v1.InferenceService/Predict',
+                '/visionmesh.inference.v1.InferenceService/Predict',
                 request_serializer=visionmesh_dot_inference_dot_v1_dot_inference__pb2.PredictRequest.SerializeToString,
                 response_deserializer=visionmesh_dot_inference_dot_v1_dot_inference__pb2.PredictResponse.FromString,
                 _registered_method=True)
         self.ValidateBatchSpec = channel.unary_unary(
-                '/visionmesh.api.inference.v1.InferenceService/ValidateBatchSpec',
+                '/visionmesh.inference.v1.InferenceService/ValidateBatchSpec',
                 request_serializer=visionmesh_dot_inference_dot_v1_dot_inference__pb2.ValidateBatchSpecRequest.SerializeToString,
                 response_deserializer=visionmesh_dot_inference_dot_v1_dot_inference__pb2.ValidateBatchSpecResponse.FromString,
                 _registered_method=True)
@@ -78,7 +78,7 @@ class InferenceServiceServicer:
     deployment is NOT_FOUND. Deployments are also served over KServe v2
     (inference.GRPCInferenceService) under their name. Batch inference jobs reach the
     service through the JetStream work queue (see
-    visionmesh.api.events.v1.BatchInferenceJobRequest).
+    visionmesh.events.v1.BatchInferenceJobRequest).
     """
 
     def LoadModel(self, request, context):
@@ -173,9 +173,9 @@ def add_InferenceServiceServicer_to_server(servicer, server):
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
-            'visionmesh.api.inference.v1.InferenceService', rpc_method_handlers)
+            'visionmesh.inference.v1.InferenceService', rpc_method_handlers)
     server.add_generic_rpc_handlers((generic_handler,))
-    server.add_registered_method_handlers('visionmesh.api.inference.v1.InferenceService', rpc_method_handlers)
+    server.add_registered_method_handlers('visionmesh.inference.v1.InferenceService', rpc_method_handlers)
 
 
  # This class is part of an EXPERIMENTAL API.
@@ -185,7 +185,7 @@ class InferenceService:
     deployment is NOT_FOUND. Deployments are also served over KServe v2
     (inference.GRPCInferenceService) under their name. Batch inference jobs reach the
     service through the JetStream work queue (see
-    visionmesh.api.events.v1.BatchInferenceJobRequest).
+    visionmesh.events.v1.BatchInferenceJobRequest).
     """
 
     @staticmethod
@@ -202,7 +202,7 @@ class InferenceService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/visionmesh.api.inference.v1.InferenceService/LoadModel',
+            '/visionmesh.inference.v1.InferenceService/LoadModel',
             visionmesh_dot_inference_dot_v1_dot_inference__pb2.LoadModelRequest.SerializeToString,
             visionmesh_dot_inference_dot_v1_dot_inference__pb2.LoadModelResponse.FromString,
             options,
@@ -229,7 +229,7 @@ class InferenceService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/visionmesh.api.inference.v1.InferenceService/UnloadModel',
+            '/visionmesh.inference.v1.InferenceService/UnloadModel',
             visionmesh_dot_inference_dot_v1_dot_inference__pb2.UnloadModelRequest.SerializeToString,
             visionmesh_dot_inference_dot_v1_dot_inference__pb2.UnloadModelResponse.FromString,
             options,
@@ -256,7 +256,7 @@ class InferenceService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/visionmesh.api.inference.v1.InferenceService/ListDeployments',
+            '/visionmesh.inference.v1.InferenceService/ListDeployments',
             visionmesh_dot_inference_dot_v1_dot_inference__pb2.ListDeploymentsRequest.SerializeToString,
             visionmesh_dot_inference_dot_v1_dot_inference__pb2.ListDeploymentsResponse.FromString,
             options,
@@ -283,7 +283,7 @@ class InferenceService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/visionmesh.api.inference.v1.InferenceService/GetDeployment',
+            '/visionmesh.inference.v1.InferenceService/GetDeployment',
             visionmesh_dot_inference_dot_v1_dot_inference__pb2.GetDeploymentRequest.SerializeToString,
             visionmesh_dot_inference_dot_v1_dot_inference__pb2.GetDeploymentResponse.FromString,
             options,
@@ -310,7 +310,7 @@ class InferenceService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/visionmesh.api.inference.v1.InferenceService/Predict',
+            '/visionmesh.inference.v1.InferenceService/Predict',
             visionmesh_dot_inference_dot_v1_dot_inference__pb2.PredictRequest.SerializeToString,
             visionmesh_dot_inference_dot_v1_dot_inference__pb2.PredictResponse.FromString,
             options,
@@ -337,7 +337,7 @@ class InferenceService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/visionmesh.api.inference.v1.InferenceService/ValidateBatchSpec',
+            '/visionmesh.inference.v1.InferenceService/ValidateBatchSpec',
             visionmesh_dot_inference_dot_v1_dot_inference__pb2.ValidateBatchSpecRequest.SerializeToString,
             visionmesh_dot_inference_dot_v1_dot_inference__pb2.ValidateBatchSpecResponse.FromString,
             options,

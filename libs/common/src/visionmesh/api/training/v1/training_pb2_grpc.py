@@ -27,7 +27,7 @@ if _version_not_supported:
 
 class TrainingServiceStub:
     """TrainingService owns the GPUs used for training. Jobs reach it through the JetStream
-    work queue (see visionmesh.api.events.v1.JobRequest); these RPCs answer synchronous
+    work queue (see visionmesh.events.v1.JobRequest); these RPCs answer synchronous
     questions about what it can train.
     """
 
@@ -38,12 +38,12 @@ class TrainingServiceStub:
             channel: A grpc.Channel.
         """
         self.GetCapabilities = channel.unary_unary(
-                '/visionmesh.api.training.v1.TrainingService/GetCapabilities',
+                '/visionmesh.training.v1.TrainingService/GetCapabilities',
                 request_serializer=visionmesh_dot_training_dot_v1_dot_training__pb2.GetCapabilitiesRequest.SerializeToString,
                 response_deserializer=visionmesh_dot_training_dot_v1_dot_training__pb2.GetCapabilitiesResponse.FromString,
                 _registered_method=True)
         self.ValidateSpec = channel.unary_unary(
-                '/visionmesh.api.training.v1.TrainingService/ValidateSpec',
+                '/visionmesh.training.v1.TrainingService/ValidateSpec',
                 request_serializer=visionmesh_dot_training_dot_v1_dot_training__pb2.ValidateSpecRequest.SerializeToString,
                 response_deserializer=visionmesh_dot_training_dot_v1_dot_training__pb2.ValidateSpecResponse.FromString,
                 _registered_method=True)
@@ -51,7 +51,7 @@ class TrainingServiceStub:
 
 class TrainingServiceServicer:
     """TrainingService owns the GPUs used for training. Jobs reach it through the JetStream
-    work queue (see visionmesh.api.events.v1.JobRequest); these RPCs answer synchronous
+    work queue (see visionmesh.events.v1.JobRequest); these RPCs answer synchronous
     questions about what it can train.
     """
 
@@ -87,15 +87,15 @@ def add_TrainingServiceServicer_to_server(servicer, server):
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
-            'visionmesh.api.training.v1.TrainingService', rpc_method_handlers)
+            'visionmesh.training.v1.TrainingService', rpc_method_handlers)
     server.add_generic_rpc_handlers((generic_handler,))
-    server.add_registered_method_handlers('visionmesh.api.training.v1.TrainingService', rpc_method_handlers)
+    server.add_registered_method_handlers('visionmesh.training.v1.TrainingService', rpc_method_handlers)
 
 
  # This class is part of an EXPERIMENTAL API.
 class TrainingService:
     """TrainingService owns the GPUs used for training. Jobs reach it through the JetStream
-    work queue (see visionmesh.api.events.v1.JobRequest); these RPCs answer synchronous
+    work queue (see visionmesh.events.v1.JobRequest); these RPCs answer synchronous
     questions about what it can train.
     """
 
@@ -113,7 +113,7 @@ class TrainingService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/visionmesh.api.training.v1.TrainingService/GetCapabilities',
+            '/visionmesh.training.v1.TrainingService/GetCapabilities',
             visionmesh_dot_training_dot_v1_dot_training__pb2.GetCapabilitiesRequest.SerializeToString,
             visionmesh_dot_training_dot_v1_dot_training__pb2.GetCapabilitiesResponse.FromString,
             options,
@@ -140,7 +140,7 @@ class TrainingService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/visionmesh.api.training.v1.TrainingService/ValidateSpec',
+            '/visionmesh.training.v1.TrainingService/ValidateSpec',
             visionmesh_dot_training_dot_v1_dot_training__pb2.ValidateSpecRequest.SerializeToString,
             visionmesh_dot_training_dot_v1_dot_training__pb2.ValidateSpecResponse.FromString,
             options,

@@ -400,7 +400,10 @@ _FAILED_FIELD = re.compile(r"Failed to parse (\S+) field: ")
 # json_format passes Python's own conversion errors through; say the same in API terms.
 _FRIENDLIER = (
     (re.compile(r"invalid literal for int\(\) with base 10: (.*)"), r"\1 is not an integer"),
-    (re.compile(r"expected string or bytes-like object, got '(\w+)'"), r"expected a string, got \1"),
+    (
+        re.compile(r"expected string or bytes-like object, got '(\w+)'"),
+        r"expected a string, got \1",
+    ),
 )
 _AT_PATH = re.compile(r' at "?(?P<at>[A-Za-z_][^" ]*?)"?\.*$')
 
