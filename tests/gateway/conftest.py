@@ -90,8 +90,13 @@ GatewayFactory = Callable[..., Awaitable[GatewayHarness]]
 
 
 @pytest_asyncio.fixture
-async def make_gateway(tmp_path: Path, s3_server: SeaweedS3) -> AsyncIterator[GatewayFactory]:
-    """Builds gateways on free ports; each gets its own bucket and key."""
+async def make_gateway(
+    tmp_path: Path, s3_server: SeaweedS3, database_url: str
+) -> AsyncIterator[GatewayFactory]:
+    """Builds gateways on free ports; each gets its own bucket and key.
+
+    Depends on `database_url` so its gateways stop before that database is dropped.
+    """
     started: list[tuple[Gateway, GrpcServer]] = []
 
     async def make(*, nats_url: str, database_url: str, **overrides: Any) -> GatewayHarness:

@@ -358,7 +358,9 @@ class EventBus:
         # subscription can hold late deliveries nobody will fetch, stalling for drain_timeout.
         with contextlib.suppress(nats.errors.Error, OSError, TimeoutError):
             await nc.flush(timeout=2)
-        await nc.close()
+        # Closing while the server is gone (shutdown during an outage) must still succeed.
+        with contextlib.suppress(nats.errors.Error, OSError):
+            await nc.close()
 
     async def __aenter__(self) -> Self:
         await self.connect()
