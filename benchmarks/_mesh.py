@@ -10,7 +10,6 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import asyncpg
-
 from visionmesh.stack import Ports, Stack
 
 POSTGRES_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/test"

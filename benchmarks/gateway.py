@@ -21,12 +21,10 @@ from pathlib import Path
 
 import grpc
 import httpx
+from _mesh import percentiles, postgres_database, raw_http_get, running_stack
 from google.protobuf import json_format
-
 from visionmesh.api.gateway.v1 import jobs_pb2, jobs_pb2_grpc
 from visionmesh.cli.synth import make_detect_dataset, zip_dataset
-
-from _mesh import percentiles, postgres_database, raw_http_get, running_stack
 
 SPEC = {
     "framework": "ultralytics",
@@ -42,10 +40,9 @@ SPEC = {
 async def _prepare(rest: str, tmp: Path) -> tuple[str, str]:
     """Signs up, uploads a small dataset; returns (token, dataset id)."""
     async with httpx.AsyncClient(base_url=rest, timeout=60) as client:
-        await client.post("/v1/auth/signup", json={"username": "bench", "password": "bench-pass-1"})
-        token = (
-            await client.post("/v1/auth/login", json={"username": "bench", "password": "bench-pass-1"})
-        ).json()["accessToken"]
+        credentials = {"username": "bench", "password": "bench-pass-1"}
+        await client.post("/v1/auth/signup", json=credentials)
+        token = (await client.post("/v1/auth/login", json=credentials)).json()["accessToken"]
         client.headers["authorization"] = f"Bearer {token}"
         make_detect_dataset(tmp / "ds", n_train=4, n_val=2, imgsz=64, seed=0)
         archive = zip_dataset(tmp / "ds", tmp / "ds.zip")
@@ -129,9 +126,12 @@ async def _throughput(
 
 async def main(requests: int, jobs: int, concurrency: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
-        async with postgres_database() as database_url, running_stack(
-            Path(tmp) / "stack", extra_env={"VISIONMESH_DATABASE_URL": database_url}
-        ) as stack:
+        async with (
+            postgres_database() as database_url,
+            running_stack(
+                Path(tmp) / "stack", extra_env={"VISIONMESH_DATABASE_URL": database_url}
+            ) as stack,
+        ):
             ports = stack.ports
             rest = f"http://127.0.0.1:{ports.gateway_rest}"
             grpc_target = f"127.0.0.1:{ports.gateway_grpc}"
@@ -165,7 +165,9 @@ async def main(requests: int, jobs: int, concurrency: int) -> None:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--jobs", type=int, default=3000)
     parser.add_argument("--concurrency", type=int, default=64)

@@ -323,9 +323,7 @@ class GatewayClient:
             "POST", "/v1/datasets", json_body={"name": name, "description": description}
         )
 
-    def upload(
-        self, url: str, path: Path, *, on_progress: ProgressCallback | None = None
-    ) -> None:
+    def upload(self, url: str, path: Path, *, on_progress: ProgressCallback | None = None) -> None:
         """PUTs the file to a presigned URL, streaming it in chunks."""
         size = path.stat().st_size
 

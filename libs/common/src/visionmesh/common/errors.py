@@ -445,6 +445,10 @@ def from_validation_error(
         )
         for v in error.violations
     ]
+    return _invalid(violations, message_name)
+
+
+def _invalid(violations: list[FieldViolation], message_name: str | None) -> InvalidArgument:
     summary = "; ".join(
         f"{v.field}: {v.description}" if v.field else v.description for v in violations
     )
@@ -454,7 +458,22 @@ def from_validation_error(
 
 
 def validate_message(message: Message) -> None:
-    """Check `message` against its `buf.validate` rules; raise InvalidArgument naming each field."""
+    """Check `message` against its `buf.validate` rules; raise InvalidArgument naming each field.
+
+    Standard rules run as compiled checks (see visionmesh.common.validation); message types
+    with rules those do not cover go through protovalidate.
+    """
+    from visionmesh.common.validation import collect_violations
+
+    violations = collect_violations(message)
+    if violations is None:
+        protovalidate_message(message)
+    elif violations:
+        raise _invalid(violations, message.DESCRIPTOR.name)
+
+
+def protovalidate_message(message: Message) -> None:
+    """The reference check: protovalidate itself (slow: it interprets CEL in Python)."""
     # Imported here because protovalidate compiles CEL on import and needs the generated
     # buf.validate module; code that only raises or converts errors should not pay for it.
     import protovalidate

@@ -26,7 +26,7 @@ from buf.validate import validate_pb2 as buf_dot_validate_dot_validate__pb2
 from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n%visionmesh/training/v1/training.proto\x12\x16visionmesh.training.v1\x1a\x1b\x62uf/validate/validate.proto\x1a\x1cgoogle/api/annotations.proto\"\x8b\x01\n\x0b\x44\x61taLoading\x12\x0f\n\x07preload\x18\x01 \x01(\x08\x12\x1c\n\x0bnum_workers\x18\x02 \x01(\x05\x42\x07\xbaH\x04\x1a\x02(\x00\x12\x12\n\npin_memory\x18\x03 \x01(\x08\x12%\n\x0fprefetch_factor\x18\x04 \x01(\x05\x42\x07\xbaH\x04\x1a\x02 \x00H\x00\x88\x01\x01\x42\x12\n\x10_prefetch_factor\"\x9d\x05\n\x0cTrainingSpec\x12\x32\n\tframework\x18\x01 \x01(\tB\x1f\xbaH\x1cr\x1aR\x0bultralyticsR\x0btorchvision\x12.\n\x04task\x18\x02 \x01(\tB \xbaH\x1dr\x1bR\x06\x64\x65tectR\x08\x63lassifyR\x07segment\x12\x19\n\x05model\x18\x03 \x01(\tB\n\xbaH\x07r\x05\x10\x01\x18\x80\x01\x12\x1a\n\x06\x65pochs\x18\x04 \x01(\x05\x42\n\xbaH\x07\x1a\x05\x18\x90N \x00\x12\\\n\x05imgsz\x18\x05 \x01(\x05\x42M\xbaHJ\x1a\x05\x18\x80  \x00\xba\x01@\n\x14imgsz.multiple_of_32\x12\x18must be a multiple of 32\x1a\x0ethis % 32 == 0\x12\x1e\n\x05\x62\x61tch\x18\x06 \x01(\x05\x42\n\xbaH\x07\x1a\x05\x18\x80  \x00H\x00\x88\x01\x01\x12\x11\n\toptimizer\x18\x07 \x01(\t\x12)\n\x03lr0\x18\x08 \x01(\x01\x42\x17\xbaH\x14\x12\x12\x19\x00\x00\x00\x00\x00\x00$@!\x00\x00\x00\x00\x00\x00\x00\x00H\x01\x88\x01\x01\x12\x1e\n\x08patience\x18\t \x01(\x05\x42\x07\xbaH\x04\x1a\x02(\x00H\x02\x88\x01\x01\x12\x0c\n\x04seed\x18\n \x01(\x05\x12\x0e\n\x06\x64\x65vice\x18\x0b \x01(\t\x12\x42\n\x07\x61ugment\x18\x0c \x03(\x0b\x32\x31.visionmesh.training.v1.TrainingSpec.AugmentEntry\x12\x39\n\x0c\x64\x61ta_loading\x18\r \x01(\x0b\x32#.visionmesh.training.v1.DataLoading\x12\x0b\n\x03\x61mp\x18\x0e \x01(\x08\x12\x1d\n\x15init_model_version_id\x18\x0f \x01(\t\x1a.\n\x0c\x41ugmentEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x42\x08\n\x06_batchB\x06\n\x04_lr0B\x0b\n\t_patience\"\x18\n\x16GetCapabilitiesRequest\"8\n\x11TaskArchitectures\x12\x0c\n\x04task\x18\x01 \x01(\t\x12\x15\n\rarchitectures\x18\x02 \x03(\t\"S\n\tFramework\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x38\n\x05tasks\x18\x02 \x03(\x0b\x32).visionmesh.training.v1.TaskArchitectures\"A\n\x06\x44\x65vice\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x14\n\x0cmemory_bytes\x18\x03 \x01(\x03\"\x81\x01\n\x17GetCapabilitiesResponse\x12\x35\n\nframeworks\x18\x01 \x03(\x0b\x32!.visionmesh.training.v1.Framework\x12/\n\x07\x64\x65vices\x18\x02 \x03(\x0b\x32\x1e.visionmesh.training.v1.Device\"g\n\x13ValidateSpecRequest\x12:\n\x04spec\x18\x01 \x01(\x0b\x32$.visionmesh.training.v1.TrainingSpecB\x06\xbaH\x03\xc8\x01\x01\x12\x14\n\x0c\x64\x61taset_task\x18\x02 \x01(\t\"J\n\x14ValidateSpecResponse\x12\x32\n\x04spec\x18\x01 \x01(\x0b\x32$.visionmesh.training.v1.TrainingSpec2\xbc\x02\n\x0fTrainingService\x12\x95\x01\n\x0fGetCapabilities\x12..visionmesh.training.v1.GetCapabilitiesRequest\x1a/.visionmesh.training.v1.GetCapabilitiesResponse\"!\x82\xd3\xe4\x93\x02\x1b\x12\x19/v1/training/capabilities\x12\x90\x01\n\x0cValidateSpec\x12+.visionmesh.training.v1.ValidateSpecRequest\x1a,.visionmesh.training.v1.ValidateSpecResponse\"%\x82\xd3\xe4\x93\x02\x1f\"\x1a/v1/training/spec:validate:\x01*b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n%visionmesh/training/v1/training.proto\x12\x16visionmesh.training.v1\x1a\x1b\x62uf/validate/validate.proto\x1a\x1cgoogle/api/annotations.proto\"\x8b\x01\n\x0b\x44\x61taLoading\x12\x0f\n\x07preload\x18\x01 \x01(\x08\x12\x1c\n\x0bnum_workers\x18\x02 \x01(\x05\x42\x07\xbaH\x04\x1a\x02(\x00\x12\x12\n\npin_memory\x18\x03 \x01(\x08\x12%\n\x0fprefetch_factor\x18\x04 \x01(\x05\x42\x07\xbaH\x04\x1a\x02 \x00H\x00\x88\x01\x01\x42\x12\n\x10_prefetch_factor\"\xda\x04\n\x0cTrainingSpec\x12\x32\n\tframework\x18\x01 \x01(\tB\x1f\xbaH\x1cr\x1aR\x0bultralyticsR\x0btorchvision\x12.\n\x04task\x18\x02 \x01(\tB \xbaH\x1dr\x1bR\x06\x64\x65tectR\x08\x63lassifyR\x07segment\x12\x19\n\x05model\x18\x03 \x01(\tB\n\xbaH\x07r\x05\x10\x01\x18\x80\x01\x12\x1a\n\x06\x65pochs\x18\x04 \x01(\x05\x42\n\xbaH\x07\x1a\x05\x18\x90N \x00\x12\x19\n\x05imgsz\x18\x05 \x01(\x05\x42\n\xbaH\x07\x1a\x05\x18\x80  \x00\x12\x1e\n\x05\x62\x61tch\x18\x06 \x01(\x05\x42\n\xbaH\x07\x1a\x05\x18\x80  \x00H\x00\x88\x01\x01\x12\x11\n\toptimizer\x18\x07 \x01(\t\x12)\n\x03lr0\x18\x08 \x01(\x01\x42\x17\xbaH\x14\x12\x12\x19\x00\x00\x00\x00\x00\x00$@!\x00\x00\x00\x00\x00\x00\x00\x00H\x01\x88\x01\x01\x12\x1e\n\x08patience\x18\t \x01(\x05\x42\x07\xbaH\x04\x1a\x02(\x00H\x02\x88\x01\x01\x12\x0c\n\x04seed\x18\n \x01(\x05\x12\x0e\n\x06\x64\x65vice\x18\x0b \x01(\t\x12\x42\n\x07\x61ugment\x18\x0c \x03(\x0b\x32\x31.visionmesh.training.v1.TrainingSpec.AugmentEntry\x12\x39\n\x0c\x64\x61ta_loading\x18\r \x01(\x0b\x32#.visionmesh.training.v1.DataLoading\x12\x0b\n\x03\x61mp\x18\x0e \x01(\x08\x12\x1d\n\x15init_model_version_id\x18\x0f \x01(\t\x1a.\n\x0c\x41ugmentEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x42\x08\n\x06_batchB\x06\n\x04_lr0B\x0b\n\t_patience\"\x18\n\x16GetCapabilitiesRequest\"8\n\x11TaskArchitectures\x12\x0c\n\x04task\x18\x01 \x01(\t\x12\x15\n\rarchitectures\x18\x02 \x03(\t\"S\n\tFramework\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x38\n\x05tasks\x18\x02 \x03(\x0b\x32).visionmesh.training.v1.TaskArchitectures\"A\n\x06\x44\x65vice\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x14\n\x0cmemory_bytes\x18\x03 \x01(\x03\"\x81\x01\n\x17GetCapabilitiesResponse\x12\x35\n\nframeworks\x18\x01 \x03(\x0b\x32!.visionmesh.training.v1.Framework\x12/\n\x07\x64\x65vices\x18\x02 \x03(\x0b\x32\x1e.visionmesh.training.v1.Device\"g\n\x13ValidateSpecRequest\x12:\n\x04spec\x18\x01 \x01(\x0b\x32$.visionmesh.training.v1.TrainingSpecB\x06\xbaH\x03\xc8\x01\x01\x12\x14\n\x0c\x64\x61taset_task\x18\x02 \x01(\t\"J\n\x14ValidateSpecResponse\x12\x32\n\x04spec\x18\x01 \x01(\x0b\x32$.visionmesh.training.v1.TrainingSpec2\xbc\x02\n\x0fTrainingService\x12\x95\x01\n\x0fGetCapabilities\x12..visionmesh.training.v1.GetCapabilitiesRequest\x1a/.visionmesh.training.v1.GetCapabilitiesResponse\"!\x82\xd3\xe4\x93\x02\x1b\x12\x19/v1/training/capabilities\x12\x90\x01\n\x0cValidateSpec\x12+.visionmesh.training.v1.ValidateSpecRequest\x1a,.visionmesh.training.v1.ValidateSpecResponse\"%\x82\xd3\xe4\x93\x02\x1f\"\x1a/v1/training/spec:validate:\x01*b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -48,7 +48,7 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TRAININGSPEC'].fields_by_name['epochs']._loaded_options = None
   _globals['_TRAININGSPEC'].fields_by_name['epochs']._serialized_options = b'\272H\007\032\005\030\220N \000'
   _globals['_TRAININGSPEC'].fields_by_name['imgsz']._loaded_options = None
-  _globals['_TRAININGSPEC'].fields_by_name['imgsz']._serialized_options = b'\272HJ\032\005\030\200  \000\272\001@\n\024imgsz.multiple_of_32\022\030must be a multiple of 32\032\016this % 32 == 0'
+  _globals['_TRAININGSPEC'].fields_by_name['imgsz']._serialized_options = b'\272H\007\032\005\030\200  \000'
   _globals['_TRAININGSPEC'].fields_by_name['batch']._loaded_options = None
   _globals['_TRAININGSPEC'].fields_by_name['batch']._serialized_options = b'\272H\007\032\005\030\200  \000'
   _globals['_TRAININGSPEC'].fields_by_name['lr0']._loaded_options = None
@@ -64,23 +64,23 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_DATALOADING']._serialized_start=125
   _globals['_DATALOADING']._serialized_end=264
   _globals['_TRAININGSPEC']._serialized_start=267
-  _globals['_TRAININGSPEC']._serialized_end=936
-  _globals['_TRAININGSPEC_AUGMENTENTRY']._serialized_start=859
-  _globals['_TRAININGSPEC_AUGMENTENTRY']._serialized_end=905
-  _globals['_GETCAPABILITIESREQUEST']._serialized_start=938
-  _globals['_GETCAPABILITIESREQUEST']._serialized_end=962
-  _globals['_TASKARCHITECTURES']._serialized_start=964
-  _globals['_TASKARCHITECTURES']._serialized_end=1020
-  _globals['_FRAMEWORK']._serialized_start=1022
-  _globals['_FRAMEWORK']._serialized_end=1105
-  _globals['_DEVICE']._serialized_start=1107
-  _globals['_DEVICE']._serialized_end=1172
-  _globals['_GETCAPABILITIESRESPONSE']._serialized_start=1175
-  _globals['_GETCAPABILITIESRESPONSE']._serialized_end=1304
-  _globals['_VALIDATESPECREQUEST']._serialized_start=1306
-  _globals['_VALIDATESPECREQUEST']._serialized_end=1409
-  _globals['_VALIDATESPECRESPONSE']._serialized_start=1411
-  _globals['_VALIDATESPECRESPONSE']._serialized_end=1485
-  _globals['_TRAININGSERVICE']._serialized_start=1488
-  _globals['_TRAININGSERVICE']._serialized_end=1804
+  _globals['_TRAININGSPEC']._serialized_end=869
+  _globals['_TRAININGSPEC_AUGMENTENTRY']._serialized_start=792
+  _globals['_TRAININGSPEC_AUGMENTENTRY']._serialized_end=838
+  _globals['_GETCAPABILITIESREQUEST']._serialized_start=871
+  _globals['_GETCAPABILITIESREQUEST']._serialized_end=895
+  _globals['_TASKARCHITECTURES']._serialized_start=897
+  _globals['_TASKARCHITECTURES']._serialized_end=953
+  _globals['_FRAMEWORK']._serialized_start=955
+  _globals['_FRAMEWORK']._serialized_end=1038
+  _globals['_DEVICE']._serialized_start=1040
+  _globals['_DEVICE']._serialized_end=1105
+  _globals['_GETCAPABILITIESRESPONSE']._serialized_start=1108
+  _globals['_GETCAPABILITIESRESPONSE']._serialized_end=1237
+  _globals['_VALIDATESPECREQUEST']._serialized_start=1239
+  _globals['_VALIDATESPECREQUEST']._serialized_end=1342
+  _globals['_VALIDATESPECRESPONSE']._serialized_start=1344
+  _globals['_VALIDATESPECRESPONSE']._serialized_end=1418
+  _globals['_TRAININGSERVICE']._serialized_start=1421
+  _globals['_TRAININGSERVICE']._serialized_end=1737
 # @@protoc_insertion_point(module_scope)

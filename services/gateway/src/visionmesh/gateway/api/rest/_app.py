@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 import grpc
-from google.protobuf import json_format
 from google.protobuf.descriptor import Descriptor, FieldDescriptor, ServiceDescriptor
 from google.protobuf.message import Message
 from prometheus_client import CollectorRegistry
@@ -32,6 +31,7 @@ from visionmesh.common.logging import bind_request_id, get_logger, new_request_i
 from visionmesh.common.metrics import render_metrics
 from visionmesh.gateway.api.rest._binding import RequestBinder
 from visionmesh.gateway.api.rest._context import RestCallContext
+from visionmesh.gateway.api.rest._json import message_encoder
 from visionmesh.gateway.api.rest._openapi import OpenApiInfo, build_openapi
 from visionmesh.gateway.api.rest._routes import HttpRoute, http_routes
 
@@ -102,6 +102,7 @@ class _Endpoint:
     """Everything one route needs at request time, resolved once at startup."""
 
     __slots__ = (
+        "_encode",
         "binder",
         "full_method",
         "handler",
@@ -126,7 +127,12 @@ class _Endpoint:
         self.public = public
         self.validate = validate and _has_rules(route.method.input_type)
         self.response_descriptor = route.method.output_type
-        self.response_field = route.response_body or None
+        self._encode = message_encoder(route.method.output_type)
+        self.response_field = (
+            route.method.output_type.fields_by_name[route.response_body].json_name
+            if route.response_body
+            else None
+        )
         sequence = route.method.output_type.fields_by_name.get("sequence")
         self.sequence_field = (
             "sequence"
@@ -148,12 +154,14 @@ class _Endpoint:
                 f"{self.full_method} returned {type(message).__name__}, "
                 f"expected {self.response_descriptor.full_name}"
             )
-        if self.response_field is not None:
-            return _dumps(_field_json(message, self.response_field))
-        # Fields without presence (scalars, repeated, maps) are always written, so the
+        # proto3 JSON as `MessageToDict(m, always_print_fields_with_no_presence=True)`:
+        # fields without presence (scalars, repeated, maps) are always written, so the
         # frontend sees `0`, `""`, `[]` instead of a missing key; unset messages and
         # `optional` scalars stay absent (they carry presence).
-        return _dumps(json_format.MessageToDict(message, always_print_fields_with_no_presence=True))
+        data = self._encode(message)
+        if self.response_field is not None:
+            data = data.get(self.response_field)
+        return _dumps(data)
 
     def sse_event(self, message: Any) -> bytes:
         data = self.render(message)
@@ -161,11 +169,6 @@ class _Endpoint:
             sequence = getattr(message, self.sequence_field)
             return b"id: %d\nevent: message\ndata: %s\n\n" % (sequence, data)
         return b"event: message\ndata: %s\n\n" % data
-
-
-def _field_json(message: Message, name: str) -> Any:
-    wrapper = json_format.MessageToDict(message, always_print_fields_with_no_presence=True)
-    return wrapper.get(message.DESCRIPTOR.fields_by_name[name].json_name)
 
 
 class _ClientGone(Exception):
