@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import io
+import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TextIO
 
 import pytest
+import structlog
 from typer.testing import CliRunner
 
 from tests.gateway.conftest import bus, harness, make_gateway  # noqa: F401
@@ -25,3 +30,27 @@ def config_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 @pytest.fixture
 def runner(config_dir: Path) -> CliRunner:
     return CliRunner()
+
+
+class _Pinned(io.TextIOBase):
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        return self._stream.write(text)
+
+    def flush(self) -> None:
+        self._stream.flush()
+
+
+@pytest.fixture(autouse=True)
+def _gateway_logs_stay_out_of_cli_output() -> Iterator[None]:
+    """The in-process gateway logs through structlog's default PrintLogger, which writes to
+    whatever `sys.stdout` is at that moment: inside `CliRunner.invoke` (run in a thread) that
+    is the CLI's captured output. Pin the gateway's logs to the stream of the test instead."""
+    saved = structlog.get_config()
+    # A wrapper, not sys.stdout itself: PrintLogger treats the stream that was sys.stdout
+    # when structlog was imported as "the current sys.stdout" and looks it up per line.
+    structlog.configure(logger_factory=structlog.PrintLoggerFactory(file=_Pinned(sys.stdout)))
+    yield
+    structlog.configure(**saved)

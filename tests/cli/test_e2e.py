@@ -176,8 +176,7 @@ async def test_train_list_and_cancel(
     assert "CANCELLED" in ok(await cli("jobs", "show", job_id)).stdout
 
     # The server's validation errors name the field.
-    flags = [*TRAIN_FLAGS[:-6], "--imgsz", "100", *TRAIN_FLAGS[-4:]]
-    invalid = await cli("train", "--dataset", dataset["id"], *flags)
+    invalid = await cli("train", "--dataset", dataset["id"], *TRAIN_FLAGS, "--imgsz", "100")
     assert invalid.exit_code == 1 and "spec.imgsz" in invalid.stderr, invalid.output
     # Unknown YAML keys go to the server, which refuses them by name.
     spec = tmp_path / "spec.yaml"

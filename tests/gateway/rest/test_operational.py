@@ -129,3 +129,23 @@ async def test_stop_waits_for_in_flight_requests(make_app, jobs) -> None:
         response = await pending
         await stopping
     assert response.status_code == 200
+
+
+async def test_responses_are_not_held_back_by_nagle(app: RestTranscoder) -> None:
+    # Headers and body go out as separate writes; without TCP_NODELAY on the accepted
+    # socket each keep-alive response waits for the peer's delayed ACK (~40 ms).
+    async with await serve_rest(app, "127.0.0.1", 0) as server:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        request = b"GET /healthz HTTP/1.1\r\nhost: gateway\r\n\r\n"
+        loop = asyncio.get_running_loop()
+        timings = []
+        for _ in range(15):
+            started = loop.time()
+            writer.write(request)
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+            await reader.readexactly(length)
+            timings.append(loop.time() - started)
+        writer.close()
+        await writer.wait_closed()
+    assert sorted(timings)[len(timings) // 2] < 0.02
