@@ -1240,14 +1240,16 @@ def artifacts_list(
     rt.out.print(table if artifacts else f"Job {job_id} has no artifacts.")
 
 
-def _destination(output: Path | None, name: str) -> Path:
+def _destination(output: str | None, name: str) -> Path:
+    """`-o` as given: a folder (existing, or ending in a separator) gets the artifact's name."""
     # The server's name is only a default file name: never let it choose a directory.
     safe = Path(name).name or "artifact"
-    if output is None:
+    if not output:
         return Path.cwd() / safe
-    if output.is_dir() or str(output).endswith(("/", "\\")):
-        return output / safe
-    return output
+    path = Path(output).expanduser()
+    if path.is_dir() or output.endswith(("/", os.sep)):
+        return path / safe
+    return path
 
 
 @artifacts_app.command("download")
@@ -1255,8 +1257,13 @@ def artifacts_download(
     ctx: typer.Context,
     artifact_id: Annotated[str, typer.Argument(metavar="ARTIFACT_ID")],
     output: Annotated[
-        Path | None,
-        typer.Option("--output", "-o", help="File or folder (default: the artifact's name here)."),
+        str | None,
+        typer.Option(
+            "--output",
+            "-o",
+            metavar="PATH",
+            help="File, or folder ending in / (default: the artifact's name, here).",
+        ),
     ] = None,
 ) -> None:
     """Download an artifact, verifying its SHA-256 when the server recorded one."""

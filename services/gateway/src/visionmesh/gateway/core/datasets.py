@@ -46,6 +46,14 @@ def _failure_reason(error: InvalidArgument) -> str:
     return error.message
 
 
+def _require_ready(row: db.Dataset) -> None:
+    if row.state != READY:
+        state = datasets_pb2.DatasetState.Name(row.state)  # type: ignore[arg-type]
+        raise FailedPrecondition(
+            f"dataset {row.id} is not READY (state {state.removeprefix('DATASET_STATE_')})"
+        )
+
+
 class DatasetsCore:
     """Datasets of the caller's tenant."""
 
@@ -92,9 +100,6 @@ class DatasetsCore:
 
     async def get(self, dataset_id: str) -> datasets_pb2.Dataset:
         return convert.dataset(await self._row(dataset_id))
-
-    async def dataset_name(self, dataset_id: str) -> str:
-        return (await self._row(dataset_id)).name
 
     async def list_datasets(
         self, *, size: int, token: str
@@ -189,11 +194,7 @@ class DatasetsCore:
 
     async def _ready(self, dataset_id: str) -> db.Dataset:
         row = await self._row(dataset_id)
-        if row.state != READY:
-            raise FailedPrecondition(
-                f"dataset {dataset_id} is not READY (state "
-                f"{datasets_pb2.DatasetState.Name(row.state).removeprefix('DATASET_STATE_')})"  # type: ignore[arg-type]
-            )
+        _require_ready(row)
         return row
 
     @staticmethod
@@ -211,36 +212,49 @@ class DatasetsCore:
             image_count=row.image_count,
         )
 
-    async def snapshot_for_job(self, dataset_id: str) -> db.Snapshot:
-        """The newest snapshot of the dataset's current manifest, made if there is none."""
-        row = await self._ready(dataset_id)
+    async def snapshot_for_job(
+        self, *, dataset_id: str = "", snapshot_id: str = ""
+    ) -> tuple[db.Snapshot, str]:
+        """The snapshot a job trains on, and its dataset's name, in one transaction.
+
+        Given a dataset, that is the newest snapshot of its current manifest, made when
+        there is none (so repeated jobs on unchanged data share one).
+        """
+        principal = require_principal()
         async with self._db.session() as session:
+            if snapshot_id:
+                snapshot = await session.get(db.Snapshot, snapshot_id)
+                if snapshot is None or snapshot.tenant_id != principal.tenant_id:
+                    raise NotFound(resource_type="Snapshot", resource_id=snapshot_id)
+                dataset = await session.get(db.Dataset, snapshot.dataset_id)
+                return snapshot, dataset.name if dataset is not None else ""
+            dataset = await session.get(db.Dataset, dataset_id)
+            if dataset is None or dataset.tenant_id != principal.tenant_id:
+                raise NotFound(resource_type="Dataset", resource_id=dataset_id)
+            _require_ready(dataset)
             existing = await session.scalar(
                 select(db.Snapshot)
                 .where(
-                    db.Snapshot.dataset_id == row.id,
-                    db.Snapshot.manifest_sha256 == row.manifest_sha256,
+                    db.Snapshot.dataset_id == dataset.id,
+                    db.Snapshot.manifest_sha256 == dataset.manifest_sha256,
                 )
                 .order_by(db.Snapshot.created_at.desc())
                 .limit(1)
             )
             if existing is not None:
-                return existing
-            snapshot = self._new_snapshot(row, "made automatically for a training job")
+                return existing, dataset.name
+            snapshot = self._new_snapshot(dataset, "made automatically for a training job")
             session.add(snapshot)
             await session.flush()
-            return snapshot
+            return snapshot, dataset.name
 
-    async def get_snapshot_row(self, snapshot_id: str) -> db.Snapshot:
+    async def get_snapshot(self, snapshot_id: str) -> datasets_pb2.Snapshot:
         principal = require_principal()
         async with self._db.session() as session:
             row = await session.get(db.Snapshot, snapshot_id)
         if row is None or row.tenant_id != principal.tenant_id:
             raise NotFound(resource_type="Snapshot", resource_id=snapshot_id)
-        return row
-
-    async def get_snapshot(self, snapshot_id: str) -> datasets_pb2.Snapshot:
-        return convert.snapshot(await self.get_snapshot_row(snapshot_id))
+        return convert.snapshot(row)
 
     async def list_snapshots(self, dataset_id: str) -> list[datasets_pb2.Snapshot]:
         await self._row(dataset_id)

@@ -130,16 +130,14 @@ class JobsCore:
             raise InvalidArgument.for_field(
                 "dataset_id", "give exactly one of dataset_id or snapshot_id"
             )
-        if request.snapshot_id:
-            snapshot = await self._datasets.get_snapshot_row(request.snapshot_id)
-        else:
-            snapshot = await self._datasets.snapshot_for_job(request.dataset_id)
+        snapshot, dataset_name = await self._datasets.snapshot_for_job(
+            dataset_id=request.dataset_id, snapshot_id=request.snapshot_id
+        )
         task = "classify" if snapshot.format == 2 else "detect"  # DATASET_FORMAT_CLASSIFY_FOLDERS
         spec = await self._validate_training_spec(request.spec, task)
         init_checkpoint_key = ""
         if spec.init_model_version_id:
             init_checkpoint_key = await self._checkpoint_key(principal, spec.init_model_version_id)
-        dataset_name = await self._datasets.dataset_name(snapshot.dataset_id)
         created = now()
         job = db.Job(
             id=db.new_id(),
