@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Self
 
@@ -171,6 +171,20 @@ class Stack:
             await self.stop()
             raise
 
+    def service(self, name: str) -> ManagedProcess:
+        return next(process for process in self.services if process.name == name)
+
+    async def replace_service(self, name: str) -> ManagedProcess:
+        """Starts a fresh process for service `name` (e.g. after it was killed)."""
+        fresh = next(process for process in self.plan() if process.name == name)
+        old = self.service(name)
+        if old.running:
+            await old.stop()
+        await fresh.start()
+        await fresh.wait_ready()
+        self.services[self.services.index(old)] = fresh
+        return fresh
+
     async def stop(self) -> None:
         for process in [*reversed(self.services), self.s3, self.nats]:
             if process.running:
@@ -194,14 +208,6 @@ class Stack:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
-
-    def with_ports(self, ports: Ports) -> Stack:
-        return Stack(
-            data_dir=self.data_dir,
-            ports=replace(ports),
-            extra_env=self.extra_env,
-            training_workers=self.training_workers,
-        )
 
 
 def data_dir_from_env() -> Path:

@@ -1,0 +1,259 @@
+"""Training through the running mesh: REST -> gateway -> NATS -> worker -> S3 -> events."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from visionmesh.cli.synth import make_classify_dataset, make_detect_dataset, zip_dataset
+
+from tests.gateway.helpers import upload_dataset, wait_for
+from tests.training.conftest import Mesh
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+DETECT_SPEC = {
+    "framework": "ultralytics",
+    "task": "detect",
+    "model": "yolo11n.yaml",
+    "epochs": 3,
+    "imgsz": 64,
+    "batch": 8,
+    "seed": 0,
+}
+CLASSIFY_SPEC = {
+    "framework": "torchvision",
+    "task": "classify",
+    "model": "resnet18",
+    "epochs": 3,
+    "imgsz": 64,
+    "batch": 8,
+    "seed": 0,
+    "lr0": 0.01,
+    "optimizer": "AdamW",
+    "dataLoading": {"preload": True, "numWorkers": 0},
+}
+TERMINAL = {"JOB_STATE_SUCCEEDED", "JOB_STATE_FAILED", "JOB_STATE_CANCELLED"}
+
+
+async def _dataset(mesh: Mesh, client: httpx.AsyncClient, task: str) -> dict[str, Any]:
+    root = mesh.tmp / f"{task}-data"
+    archive = mesh.tmp / f"{task}.zip"
+    if not archive.exists():
+        if task == "detect":
+            make_detect_dataset(root, n_train=16, n_val=8, imgsz=64, seed=0)
+        else:
+            make_classify_dataset(root, n_per_class_train=12, n_per_class_val=6, imgsz=64, seed=0)
+        zip_dataset(root, archive)
+    result = await upload_dataset(client, archive, name=f"shapes-{task}")
+    assert result["http_status"] == 200, result
+    return dict(result["dataset"])
+
+
+async def _events(client: httpx.AsyncClient, job_id: str) -> list[dict[str, Any]]:
+    """Follows the SSE stream until the job ends."""
+    events = []
+    async with client.stream("GET", f"/v1/jobs/{job_id}/events", timeout=600) as stream:
+        async for line in stream.aiter_lines():
+            if line.startswith("data:"):
+                event = json.loads(line.removeprefix("data:"))
+                if event:
+                    events.append(event)
+    return events
+
+
+async def _job(client: httpx.AsyncClient, job_id: str) -> dict[str, Any]:
+    return dict((await client.get(f"/v1/jobs/{job_id}")).json()["job"])
+
+
+async def _download(client: httpx.AsyncClient, artifact: dict[str, Any], dest: Path) -> Path:
+    url = (await client.get(f"/v1/artifacts/{artifact['id']}:download")).json()["url"]
+    async with httpx.AsyncClient(timeout=60) as s3:
+        response = await s3.get(url)
+        response.raise_for_status()
+    await asyncio.to_thread(dest.write_bytes, response.content)
+    return dest
+
+
+async def test_detect_job_trains_streams_progress_and_registers_a_model(mesh: Mesh) -> None:
+    async with mesh.http() as client:
+        dataset = await _dataset(mesh, client, "detect")
+        created = await client.post(
+            "/v1/training/jobs", json={"datasetId": dataset["id"], "spec": DETECT_SPEC}
+        )
+        assert created.status_code == 200, created.text
+        job_id = created.json()["job"]["id"]
+        events = await _events(client, job_id)
+        job = await _job(client, job_id)
+        assert job["state"] == "JOB_STATE_SUCCEEDED", job
+        for name in ("map50", "map50_95", "precision", "recall"):
+            assert name in job["metrics"]
+
+        progress = [e["progress"] for e in events if "progress" in e]
+        train = [p for p in progress if p.get("phase") == "train"]
+        assert {p["epoch"] for p in train} == {1, 2, 3}
+        assert all(p["totalEpochs"] == 3 for p in train)
+        assert any(p.get("losses") for p in train) and any("etaSeconds" in p for p in train)
+        epochs_with_metrics = {
+            point["epoch"]
+            for e in events
+            if "metrics" in e
+            for point in e["metrics"]["points"]
+            if point["name"] == "map50"
+        }
+        assert epochs_with_metrics == {1, 2, 3}
+
+        artifacts = (await client.get(f"/v1/jobs/{job_id}/artifacts")).json()["artifacts"]
+        names = {a["name"]: a for a in artifacts}
+        assert {"best.pt", "last.pt", "results.csv", "training_curves.png"} <= set(names)
+        best = await _download(client, names["best.pt"], mesh.tmp / "detect-best.pt")
+        csv = await _download(client, names["results.csv"], mesh.tmp / "results.csv")
+        assert len(csv.read_text().strip().splitlines()) == 1 + 3  # header + one row per epoch
+
+        from ultralytics import YOLO
+
+        image = next((mesh.tmp / "detect-data" / "images" / "val").iterdir())
+        model = YOLO(str(best))
+        results = await asyncio.to_thread(model.predict, str(image), imgsz=64, verbose=False)
+        assert len(results) == 1 and results[0].boxes is not None
+        assert list(model.names.values()) == dataset["classNames"]
+
+        version = (await client.get(f"/v1/model-versions/{job['modelVersionId']}")).json()
+        version = version["modelVersion"]
+        assert version["classNames"] == dataset["classNames"]
+        assert version["imgsz"] == 64 and version["task"] == "detect"
+        assert version["checkpoint"]["name"] == "best.pt"
+
+
+async def test_classifier_job_learns_and_its_checkpoint_predicts(mesh: Mesh) -> None:
+    async with mesh.http() as client:
+        dataset = await _dataset(mesh, client, "classify")
+        created = await client.post(
+            "/v1/training/jobs", json={"datasetId": dataset["id"], "spec": CLASSIFY_SPEC}
+        )
+        assert created.status_code == 200, created.text
+        job_id = created.json()["job"]["id"]
+        await _events(client, job_id)
+        job = await _job(client, job_id)
+        assert job["state"] == "JOB_STATE_SUCCEEDED", job
+        assert set(job["metrics"]) >= {"top1", "top5"}
+        assert job["metrics"]["top1"] > 1 / 3  # better than chance on 3 classes
+        artifacts = (await client.get(f"/v1/jobs/{job_id}/artifacts")).json()["artifacts"]
+        best = next(a for a in artifacts if a["name"] == "best.pt")
+        path = await _download(client, best, mesh.tmp / "classify-best.pt")
+
+    from PIL import Image
+    from visionmesh.training.core import load_classifier, predict_classifier
+
+    model, class_names, imgsz = load_classifier(path)
+    assert class_names == dataset["classNames"] and imgsz == 64
+    val_dir = mesh.tmp / "classify-data" / "val"
+    images, labels = [], []
+    for class_dir in sorted(val_dir.iterdir()):
+        for file in sorted(class_dir.iterdir()):
+            images.append(Image.open(file).convert("RGB"))
+            labels.append(class_dir.name)
+    probabilities = predict_classifier(model, images, imgsz=imgsz)
+    predicted = [class_names[int(i)] for i in probabilities.argmax(dim=1)]
+    accuracy = sum(p == label for p, label in zip(predicted, labels, strict=True))
+    assert accuracy / len(labels) > 1 / 3
+
+
+async def test_invalid_specs_are_refused_before_anything_is_queued(mesh: Mesh) -> None:
+    async with mesh.http() as client:
+        dataset = await _dataset(mesh, client, "classify")
+        before = (await client.get("/v1/jobs")).json()["jobs"]
+        cases = {
+            "spec.imgsz": {**CLASSIFY_SPEC, "imgsz": 100},
+            "spec.epochs": {**CLASSIFY_SPEC, "epochs": -1},
+            "spec.model": {**CLASSIFY_SPEC, "model": "resnet9000"},
+            "spec.task": {**DETECT_SPEC},  # a detect task on a classification dataset
+            "spec.data_loading.prefetch_factor": {
+                **CLASSIFY_SPEC,
+                "dataLoading": {"numWorkers": 0, "prefetchFactor": 2},
+            },
+        }
+        for field, spec in cases.items():
+            response = await client.post(
+                "/v1/training/jobs", json={"datasetId": dataset["id"], "spec": spec}
+            )
+            assert response.status_code == 400, (field, response.text)
+            fields = [
+                v["field"] for d in response.json()["details"] for v in d.get("fieldViolations", [])
+            ]
+            assert field in fields, (field, response.json())
+        unknown = await client.post(
+            "/v1/training/jobs",
+            json={
+                "datasetId": dataset["id"],
+                "spec": {**CLASSIFY_SPEC, "dataLoading": {"turbo": 1}},
+            },
+        )
+        assert unknown.status_code == 400 and "turbo" in unknown.text
+        assert (await client.get("/v1/jobs")).json()["jobs"] == before
+
+
+async def test_cancel_stops_a_running_job_at_a_batch_boundary(mesh: Mesh) -> None:
+    async with mesh.http() as client:
+        dataset = await _dataset(mesh, client, "classify")
+        spec = {**CLASSIFY_SPEC, "epochs": 200}
+        job_id = (
+            await client.post("/v1/training/jobs", json={"datasetId": dataset["id"], "spec": spec})
+        ).json()["job"]["id"]
+
+        async def training() -> bool:
+            job = await _job(client, job_id)
+            return job["state"] == "JOB_STATE_RUNNING" and job["progress"].get("phase") == "train"
+
+        await wait_for(training, within=180, what="the job to train")
+        cancelled = (await client.post(f"/v1/jobs/{job_id}:cancel", json={})).json()["job"]
+        assert cancelled["state"] == "JOB_STATE_CANCELLING"
+        await _events(client, job_id)
+        job = await _job(client, job_id)
+        assert job["state"] == "JOB_STATE_CANCELLED"
+        assert job["progress"].get("epoch", 0) < 200
+        artifacts = (await client.get(f"/v1/jobs/{job_id}/artifacts")).json()["artifacts"]
+        assert "last.pt" in {a["name"] for a in artifacts}
+        assert not job.get("modelVersionId")
+
+
+async def test_killed_worker_job_resumes_from_its_checkpoint_on_a_new_worker(mesh: Mesh) -> None:
+    async with mesh.http() as client:
+        dataset = await _dataset(mesh, client, "detect")
+        spec = {**DETECT_SPEC, "epochs": 4}
+        job_id = (
+            await client.post(
+                "/v1/training/jobs",
+                json={"datasetId": dataset["id"], "spec": spec, "modelName": "resumed"},
+            )
+        ).json()["job"]["id"]
+
+        async def past_first_epoch() -> bool:
+            job = await _job(client, job_id)
+            return int(job["progress"].get("epoch", 0)) >= 2 and job["progress"]["phase"] == "train"
+
+        await wait_for(past_first_epoch, within=300, what="epoch 2 to start")
+        training = mesh.stack.service("training")
+        assert training.pid is not None
+        os.kill(training.pid, signal.SIGKILL)
+        await mesh.stack.replace_service("training")
+        await _events(client, job_id)
+        job = await _job(client, job_id)
+        assert job["state"] == "JOB_STATE_SUCCEEDED", job
+        assert job["attempts"] == 2
+        points = (await client.get(f"/v1/jobs/{job_id}/metrics", params={"name": "map50"})).json()
+        epochs = [p["epoch"] for p in points["points"]]
+        # Epoch 1 ran once, on the first worker; the second resumed after it.
+        assert epochs.count(1) == 1 and sorted(set(epochs)) == [1, 2, 3, 4]
+        models = [
+            m for m in (await client.get("/v1/models")).json()["models"] if m["name"] == "resumed"
+        ]
+        assert len(models) == 1
+        model = (await client.get(f"/v1/models/{models[0]['id']}")).json()["model"]
+        assert len(model["versions"]) == 1
