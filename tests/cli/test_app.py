@@ -120,7 +120,8 @@ def test_unauthenticated_hints_at_login(runner: CliRunner, gw: FakeGateway) -> N
 
 
 def test_unreachable_gateway_is_reported_without_a_traceback(runner: CliRunner) -> None:
-    result = runner.invoke(app, ["--gateway", "http://127.0.0.1:9", "whoami"])
+    hooks = Hooks(backoff_seconds=0)  # a real (refused) connection, retried without waiting
+    result = runner.invoke(app, ["--gateway", "http://127.0.0.1:9", "whoami"], obj=hooks)
     assert result.exit_code == 1
     assert "cannot reach the gateway at http://127.0.0.1:9" in result.stderr
     assert "Traceback" not in result.output
@@ -315,3 +316,14 @@ def test_synth_writes_a_folder_or_just_a_zip(runner: CliRunner, tmp_path: Path) 
         names = archive.namelist()
         assert "data.yaml" in names and "labels/train/00000.txt" in names
         assert "0: a" in archive.read("data.yaml").decode()
+
+
+def test_a_corrupt_credentials_file_is_reported(
+    runner: CliRunner, gw: FakeGateway, config_dir: Path
+) -> None:
+    config_dir.mkdir()
+    (config_dir / "credentials.json").write_text("{not json")
+    result = gw.invoke(runner, "whoami")
+    assert result.exit_code == 1
+    assert "cannot read" in result.stderr and "credentials.json" in result.stderr
+    assert "Traceback" not in result.output

@@ -185,10 +185,16 @@ async def test_train_list_and_cancel(
     assert unknown.exit_code == 1 and "epochz" in unknown.stderr, unknown.output
     assert len(json.loads(ok(await cli("jobs", "list", "--json")).stdout)["jobs"]) == 1
 
+    # Training from a pinned snapshot.
+    snapshot = json.loads(ok(await cli("datasets", "snapshot", dataset["id"], "--json")).stdout)
+    snapshot_id = snapshot["snapshot"]["id"]
+    pinned = ok(await cli("train", "--snapshot", snapshot_id, *TRAIN_FLAGS)).stdout
+    assert f"on snapshot {snapshot_id}" in pinned
+
 
 async def _queued_job(cli: Cli, harness: GatewayHarness, token: str, dataset_id: str) -> dict:
-    created = json.loads(ok(await cli("train", "--dataset", dataset_id, *TRAIN_FLAGS, "--json")).stdout)
-    job = dict(created["job"])
+    created = ok(await cli("train", "--dataset", dataset_id, *TRAIN_FLAGS, "--json"))
+    job = dict(json.loads(created.stdout)["job"])
     async with harness.http(token) as client:
 
         async def queued() -> bool:
@@ -205,6 +211,9 @@ async def test_watch_a_scripted_run_then_download_its_checkpoint(
     dataset = await _ready_dataset(harness, token)
     job = await _queued_job(cli, harness, token, dataset["id"])
     watching = cli.start("jobs", "watch", job["id"])
+    # Give the watcher time to connect, so that most events reach it live rather than
+    # replayed (the output must be the same either way).
+    await asyncio.sleep(0.3)
 
     worker = ScriptedWorker(bus, job_id=job["id"], tenant_id=job["tenantId"])
     await worker.state(job_pb2.JOB_STATE_RUNNING)
@@ -256,6 +265,11 @@ async def test_watch_a_scripted_run_then_download_its_checkpoint(
     assert "registered model version" in out
     assert "epoch 3/3" in out and "box_loss 0.6667" in out and "lr 0.01" in out
     assert f"Job {job['id']} SUCCEEDED" in out and "map50 0.75" in out
+
+    history = ok(await cli("jobs", "metrics", job["id"])).stdout
+    rows = [line.split() for line in history.splitlines() if line.strip()]
+    assert rows[0] == ["EPOCH", "map50", "map50_95"]
+    assert rows[-1] == ["3", "0.75", "0.375"]
 
     artifacts = json.loads(ok(await cli("artifacts", "list", job["id"], "--json")).stdout)
     [artifact] = artifacts["artifacts"]

@@ -217,6 +217,8 @@ def test_fine_tune_from_an_earlier_checkpoint(
 ) -> None:
     earlier, rec = preloaded_run
     assert rec.epochs[0].metrics["top1"] < 0.9  # from scratch, one epoch is not enough
-    spec = dataclasses.replace(SPEC, epochs=1, init_checkpoint=earlier.best_path)
+    spec = dataclasses.replace(
+        SPEC, epochs=1, optimizer="AdamW", lr0=1e-4, init_checkpoint=earlier.best_path
+    )
     tuned = train_classifier(spec, data_root=data_root, workdir=tmp_path)
     assert tuned.metrics["top1"] >= 0.9

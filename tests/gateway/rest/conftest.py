@@ -284,7 +284,7 @@ class FakeLibrary:
         from google.protobuf import message_factory
 
         output = LIBRARY_SERVICE.methods_by_name["SearchBooks"].output_type
-        response = message_factory.GetMessageClass(output)()
+        response: Any = message_factory.GetMessageClass(output)()
         response.echo.CopyFrom(request)
         return response
 

@@ -114,7 +114,7 @@ _INT_RANGES = {
     FieldDescriptor.TYPE_UINT64: (0, 2**64 - 1),
     FieldDescriptor.TYPE_FIXED64: (0, 2**64 - 1),
 }
-_TEXT = st.text(alphabet=st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=8)
+_TEXT = st.text(alphabet=st.characters(codec="utf-8", exclude_categories=["Cs"]), max_size=8)
 
 
 def _scalar(field: FieldDescriptor) -> st.SearchStrategy[Any]:
@@ -168,7 +168,7 @@ def _message(descriptor: Descriptor, depth: int) -> st.SearchStrategy[Message]:
             [
                 struct_pb2.Value(number_value=1.5),
                 struct_pb2.Value(string_value="s"),
-                struct_pb2.Value(null_value=0),
+                struct_pb2.Value(null_value=struct_pb2.NULL_VALUE),
             ]
         )
     if name == "google.protobuf.Any":
@@ -232,7 +232,7 @@ def _set(message: Message, field: FieldDescriptor, draw: st.DrawFn, depth: int) 
         setattr(message, field.name, draw(_scalar(field)))
 
 
-DESCRIPTORS = [
+DESCRIPTORS: list[Any] = [
     KITCHEN,
     job_pb2.Job.DESCRIPTOR,
     jobs_pb2.WatchJobResponse.DESCRIPTOR,

@@ -166,7 +166,7 @@ def test_template_shapes() -> None:
 
 
 _segment = st.text(
-    alphabet=st.characters(codec="utf-8", exclude_characters="/", exclude_categories=("Cs",)),
+    alphabet=st.characters(codec="utf-8", exclude_characters="/", exclude_categories=["Cs"]),
     min_size=1,
     max_size=20,
 )

@@ -44,6 +44,7 @@ from visionmesh.cli.client import (
 )
 from visionmesh.cli.config import (
     TOKEN_ENV,
+    ConfigError,
     Credentials,
     CredentialsStore,
     config_dir,
@@ -96,7 +97,7 @@ class Runtime:
     gateway: str
     store: CredentialsStore
     hooks: Hooks = field(default_factory=Hooks)
-    out: Console = field(default_factory=lambda: Console(highlight=False))
+    out: Console = field(default_factory=lambda: _stdout_console())
     err: Console = field(default_factory=lambda: Console(stderr=True, highlight=False))
 
     def token(self) -> str | None:
@@ -111,6 +112,14 @@ class Runtime:
         )
 
 
+def _stdout_console() -> Console:
+    console = Console(highlight=False)
+    if not console.is_terminal and not os.environ.get("COLUMNS"):
+        # Piped or in CI: rich would assume 80 columns and squeeze the ids people copy.
+        console.width = 200
+    return console
+
+
 class _Group(TyperGroup):
     """Turns the client's errors into a readable message and exit status 1, for every command."""
 
@@ -120,6 +129,9 @@ class _Group(TyperGroup):
         except ClientError as exc:
             runtime = ctx.obj if isinstance(ctx.obj, Runtime) else None
             _report(exc, runtime)
+            raise typer.Exit(EXIT_FAILED) from None
+        except ConfigError as exc:
+            Console(stderr=True, highlight=False).print(f"[bold red]error[/]: {escape(str(exc))}")
             raise typer.Exit(EXIT_FAILED) from None
 
 
@@ -174,16 +186,8 @@ def _rt(ctx: typer.Context) -> Runtime:
 def _report(exc: ClientError, runtime: Runtime | None) -> None:
     console = runtime.err if runtime is not None else Console(stderr=True, highlight=False)
     if isinstance(exc, ApiError):
-        console.print(f"[bold red]error[/]: {escape(exc.message)} [dim]({exc.status})[/]")
-        violations = exc.field_violations
-        single = len(violations) == 1 and exc.message == (
-            f"{violations[0].field}: {violations[0].description}"
-        )
-        if not single:
-            for violation in violations:
-                console.print(
-                    f"  [bold]{escape(violation.field)}[/]: {escape(violation.description)}"
-                )
+        console.print(f"[bold red]error[/]: {escape(_headline(exc))} [dim]({exc.status})[/]")
+        _print_violations(console, exc)
         if exc.http_status == 401 and runtime is not None:
             console.print(f"[dim]hint: {_login_hint(runtime)}[/]")
         if exc.request_id and exc.http_status >= 500:
@@ -195,6 +199,20 @@ def _report(exc: ClientError, runtime: Runtime | None) -> None:
         )
     else:
         console.print(f"[bold red]error[/]: {escape(exc.message)}")
+
+
+def _headline(exc: ApiError) -> str:
+    """The message without the field violations it spells out (they get a line each)."""
+    rest = exc.message
+    for violation in exc.field_violations:
+        rest = rest.replace(f"{violation.field}: {violation.description}", "")
+    rest = rest.strip(" ;:,")
+    return rest or ("invalid request" if exc.field_violations else exc.status)
+
+
+def _print_violations(console: Console, exc: ApiError) -> None:
+    for violation in exc.field_violations:
+        console.print(f"  [bold]{escape(violation.field)}[/]: {escape(violation.description)}")
 
 
 def _login_hint(runtime: Runtime) -> str:
@@ -218,8 +236,9 @@ def _print_json(data: Any) -> None:
 
 
 def _short(enum_value: Any, prefix: str) -> str:
-    text = str(enum_value or "")
-    return text.removeprefix(prefix) or "-"
+    """`JOB_STATE_RUNNING` -> `RUNNING`; unset and UNSPECIFIED -> `-`."""
+    text = str(enum_value or "").removeprefix(prefix)
+    return "-" if text in ("", "UNSPECIFIED") else text
 
 
 def _styled_state(enum_value: Any, prefix: str) -> str:
@@ -292,7 +311,8 @@ def _table(*columns: str, title: str | None = None) -> Table:
     table = Table(box=box.SIMPLE_HEAD, title=title, title_justify="left", pad_edge=False)
     for column in columns:
         if column == "ID":
-            table.add_column(column, no_wrap=True, min_width=8)
+            # Ids are what people copy into the next command: never cut them.
+            table.add_column(column, no_wrap=True, min_width=36)
         else:
             table.add_column(column)
     return table
@@ -373,7 +393,7 @@ def login(
     lifetime = f", expires in {_duration(expires_in)}" if expires_in else ""
     rt.out.print(
         f"Logged in to {rt.gateway} as [bold]{escape(username)}[/]. "
-        f"Token saved to {path}{lifetime}."
+        f"Token saved to {escape(str(path))}{lifetime}."
     )
     if os.environ.get(TOKEN_ENV):
         rt.err.print(f"[yellow]note[/]: ${TOKEN_ENV} is set and takes precedence over this login.")
@@ -455,7 +475,7 @@ def _archive_for(path: Path, runtime: Runtime) -> Iterator[Path]:
         yield path
         return
     with tempfile.TemporaryDirectory(prefix="visionmesh-") as tmp:
-        with runtime.err.status(f"Zipping {path} ..."):
+        with runtime.err.status(f"Zipping {escape(str(path))} ..."):
             archive = synth.zip_dataset(path, Path(tmp) / f"{path.name or 'dataset'}.zip")
         yield archive
 
@@ -511,7 +531,9 @@ def datasets_upload(
     ctx: typer.Context,
     path: Annotated[
         Path,
-        typer.Argument(exists=True, readable=True, help="A dataset zip, or a folder to zip."),
+        typer.Argument(
+            exists=True, readable=True, metavar="PATH", help="A dataset zip, or a folder to zip."
+        ),
     ],
     name: Annotated[str, typer.Option("--name", help="Display name of the dataset.")],
     description: Annotated[str, typer.Option("--description", help="Free text.")] = "",
@@ -527,7 +549,7 @@ def datasets_upload(
         dataset_id = str(created["dataset"]["id"])
         size = archive.stat().st_size
         with _transfer_progress(rt.err) as progress:
-            task = progress.add_task(f"Uploading {archive.name}", total=size)
+            task = progress.add_task(f"Uploading {escape(archive.name)}", total=size)
             client.upload(
                 str(created["uploadUrl"]),
                 archive,
@@ -540,12 +562,9 @@ def datasets_upload(
             if exc.status != "INVALID_ARGUMENT":
                 raise
             rt.err.print(
-                f"[bold red]error[/]: dataset {dataset_id} was rejected: {escape(exc.message)}"
+                f"[bold red]error[/]: dataset {dataset_id} was rejected: {escape(_headline(exc))}"
             )
-            for violation in exc.field_violations:
-                rt.err.print(
-                    f"  [bold]{escape(violation.field)}[/]: {escape(violation.description)}"
-                )
+            _print_violations(rt.err, exc)
             raise typer.Exit(EXIT_FAILED) from None
     if json_out:
         _print_json(finalized)
@@ -632,7 +651,8 @@ def datasets_synth(
     out: Annotated[
         Path,
         typer.Argument(
-            help="Output folder; with --zip, a path ending in .zip writes only the archive."
+            metavar="OUT",
+            help="Output folder; with --zip, a path ending in .zip writes only the archive.",
         ),
     ],
     task: Annotated[SynthTask, typer.Option("--task", help="Dataset layout.")] = SynthTask.DETECT,
@@ -694,11 +714,13 @@ def datasets_synth(
         f"{n_train} train + {n_val} val images{per}, {imgsz}px, classes {', '.join(class_names)}"
     )
     if not archive_only:
-        rt.out.print(f"Wrote a {kind} dataset to {out} ({summary}).")
+        rt.out.print(f"Wrote a {kind} dataset to {escape(str(out))} ({escape(summary)}).")
     if archive is not None:
         what = f"a {kind} dataset ({summary})" if archive_only else "it"
-        rt.out.print(f"Packed {what} into {archive}.")
-        rt.out.print(f"Upload it with: visionmesh datasets upload {archive} --name NAME")
+        rt.out.print(f"Packed {escape(what)} into {escape(str(archive))}.")
+        rt.out.print(
+            f"Upload it with: visionmesh datasets upload {escape(str(archive))} --name NAME"
+        )
 
 
 # --- training ----------------------------------------------------------------------------------
@@ -884,7 +906,7 @@ def _progress_text(job: Mapping[str, Any]) -> str:
     epoch, total = _int(progress.get("epoch")), _int(progress.get("totalEpochs"))
     fraction = float(progress.get("fraction") or 0.0)
     if total:
-        return f"{epoch}/{total} ({fraction:.0%})"
+        return f"{epoch}/{total}"
     return f"{fraction:.0%}" if fraction else "-"
 
 
@@ -1276,7 +1298,7 @@ def artifacts_download(
         expected = str(artifact.get("sha256") or "")
         size = _int(artifact.get("sizeBytes")) or None
         with _transfer_progress(rt.err) as progress:
-            task = progress.add_task(f"Downloading {dest.name}", total=size)
+            task = progress.add_task(f"Downloading {escape(dest.name)}", total=size)
 
             def started(length: int | None) -> None:
                 if length is not None:
@@ -1294,7 +1316,9 @@ def artifacts_download(
                 progress.stop()
                 _fail(rt, escape(exc.message))
     check = "verified" if expected else "not recorded by the server; computed"
-    rt.out.print(f"Saved {dest} ({_bytes(dest.stat().st_size)}); sha256 {check}: {digest}")
+    rt.out.print(
+        f"Saved {escape(str(dest))} ({_bytes(dest.stat().st_size)}); sha256 {check}: {digest}"
+    )
 
 
 # --- models ------------------------------------------------------------------------------------

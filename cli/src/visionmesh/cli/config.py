@@ -16,6 +16,7 @@ __all__ = [
     "DEFAULT_GATEWAY",
     "GATEWAY_ENV",
     "TOKEN_ENV",
+    "ConfigError",
     "Credentials",
     "CredentialsStore",
     "config_dir",
@@ -30,6 +31,10 @@ TOKEN_ENV: Final = "VISIONMESH_TOKEN"
 CONFIG_DIR_ENV: Final = "VISIONMESH_CONFIG_DIR"
 _CREDENTIALS_FILE: Final = "credentials.json"
 _FORMAT_VERSION: Final = 1
+
+
+class ConfigError(Exception):
+    """The CLI's own configuration (the credentials file) is unreadable."""
 
 
 def config_dir(environ: Mapping[str, str] | None = None) -> Path:
@@ -87,7 +92,9 @@ class CredentialsStore:
         except FileNotFoundError:
             return {}
         except (OSError, ValueError) as exc:
-            raise ValueError(f"cannot read {self.path}: {exc}") from exc
+            raise ConfigError(
+                f"cannot read {self.path} ({exc}); fix or delete it, then log in again"
+            ) from exc
         return data if isinstance(data, dict) else {}
 
     def current_gateway(self) -> str | None:
@@ -162,8 +169,8 @@ def resolve_gateway(
             return normalize_gateway(candidate)
     try:
         current = store.current_gateway()
-    except ValueError:
-        current = None
+    except ConfigError:
+        current = None  # reported by the first command that needs a token
     return normalize_gateway(current or DEFAULT_GATEWAY)
 
 

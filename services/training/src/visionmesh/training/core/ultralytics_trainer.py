@@ -73,6 +73,22 @@ def _offline_check_amp(model: Any) -> bool:
 
 
 @contextlib.contextmanager
+def _keep_torch_threads() -> Iterator[None]:
+    """Undo Ultralytics' process-wide `torch.set_num_threads(cpu_count - 1, max 8)`.
+
+    Its device selection sets it for CPU runs and never restores it, which slows down and
+    changes the numerics of whatever the process runs next (e.g. a classifier job).
+    """
+    import torch
+
+    threads = torch.get_num_threads()
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+@contextlib.contextmanager
 def _offline_guards() -> Iterator[None]:
     """Stop the two downloads Ultralytics attempts even with YOLO_OFFLINE set."""
     import ultralytics.data.utils as data_utils
@@ -383,7 +399,7 @@ def train_ultralytics(
     for event, callback in run.callbacks().items():
         model.add_callback(event, callback)
     cancelled = False
-    with _offline_guards():
+    with _offline_guards(), _keep_torch_threads():
         try:
             model.train(**train_args)
         except TrainingCancelled:

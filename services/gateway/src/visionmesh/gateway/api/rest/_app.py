@@ -68,7 +68,7 @@ class RestConfig:
     max_body_bytes: int = 4 * 1024 * 1024
     """Largest JSON body accepted (gRPC's default max message size); larger is 413."""
     validate_requests: bool = True
-    """Run protovalidate (`validate_message`) on every request before the servicer."""
+    """Check buf.validate rules (`validate_message`, as the gRPC server does) before the call."""
     readiness_timeout_seconds: float = 5.0
     openapi: OpenApiInfo = field(default_factory=OpenApiInfo)
 
@@ -181,10 +181,25 @@ class RestTranscoder:
     Routes, request binding and the OpenAPI document come only from the descriptors;
     each route calls `getattr(servicer, method.name)(request, context)` on the same
     servicer object the gRPC server uses, with a RestCallContext. Before the call the
-    caller is authenticated (HTTP headers as metadata, `/pkg.Service/Method` as the
-    method, like the gRPC auth interceptor), bound with `bind_principal`, and the request
-    is validated with protovalidate. Also serves `/healthz`, `/readyz`, `/metrics` and
-    `/openapi.json`. Everything is compiled here, at construction.
+    caller is authenticated (all HTTP headers, lower-cased, as metadata and
+    `/pkg.Service/Method` as the method, like the gRPC auth interceptor; None is only
+    accepted for `authenticator.is_public` methods), bound with `bind_principal`, and the
+    request is checked with `validate_message`. Also serves `/healthz`, `/readyz`,
+    `/metrics` and `/openapi.json`. Everything is compiled here, at construction; a
+    servicer missing an annotated method, a malformed annotation or two RPCs on one
+    route raise here.
+
+        app = RestTranscoder(
+            [(jobs_pb2.DESCRIPTOR.services_by_name["JobService"], job_servicer), ...],
+            authenticator=authenticator, readiness=check_ready, registry=registry,
+        )
+        server = await serve_rest(app, settings.rest_host, settings.rest_port)
+
+    JSON is the proto3 mapping (lowerCamelCase names, enums by name, 64-bit integers as
+    strings, Timestamps as RFC 3339) with fields without presence always written; errors
+    are `VisionMeshError.to_json()` with its HTTP status (unknown errors: 500, generic
+    message, traceback logged). `comments` (see `comments_from_descriptor_set`) only
+    enrich the OpenAPI document.
     """
 
     def __init__(
@@ -315,8 +330,10 @@ class RestTranscoder:
         supplied = metadata.get(REQUEST_ID_HEADER)
         request_id = supplied if supplied and _REQUEST_ID.fullmatch(supplied) else new_request_id()
         if supplied != request_id:
+            # Servicers see the id we use (generated, or replacing an unusable one).
             metadata[REQUEST_ID_HEADER] = request_id
-            headers = [*headers, (b"x-request-id", request_id.encode())]
+            headers = [h for h in headers if h[0] != b"x-request-id"]
+            headers.append((b"x-request-id", request_id.encode()))
         with bind_request_id(request_id):
             endpoint, values = self._match(http_method, raw_path)
             if endpoint is None:
