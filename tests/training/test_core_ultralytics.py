@@ -85,10 +85,14 @@ def detect_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_detect_run_reports_and_writes_checkpoints(detect_data: Path, tmp_path: Path) -> None:
+    import torch
+
+    threads = torch.get_num_threads()
     rec = Recorder()
     result = train_ultralytics(
         SPEC, data=detect_data, workdir=tmp_path, hooks=rec.hooks(), progress_every=2
     )
+    assert torch.get_num_threads() == threads  # Ultralytics changes it process-wide
 
     assert not result.cancelled and result.epochs_completed == 3
     assert result.best_path and result.best_path.is_file()

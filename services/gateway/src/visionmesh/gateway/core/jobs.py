@@ -203,9 +203,14 @@ class JobsCore:
 
     # -- queries ----------------------------------------------------------------------
 
-    async def _job_row(self, session: AsyncSession, job_id: str) -> db.Job:
+    async def _job_row(
+        self, session: AsyncSession, job_id: str, *, for_update: bool = False
+    ) -> db.Job:
         principal = require_principal()
-        job = await session.get(db.Job, job_id)
+        # Writers lock the row: every event append reads and bumps last_event_sequence.
+        job = await session.get(
+            db.Job, job_id, with_for_update=for_update and self._db.is_postgresql
+        )
         if job is None or job.tenant_id != principal.tenant_id:
             raise NotFound(resource_type="Job", resource_id=job_id)
         return job
@@ -269,7 +274,7 @@ class JobsCore:
 
     async def cancel_job(self, job_id: str) -> job_pb2.Job:
         async with self._db.session() as session:
-            job = await self._job_row(session, job_id)
+            job = await self._job_row(session, job_id, for_update=True)
             if job.state in states.TERMINAL or job.state == states.CANCELLING:
                 return convert.job(job)
             # Nothing runs a job the relay has not published or no worker has taken yet:

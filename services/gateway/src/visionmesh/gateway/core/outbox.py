@@ -77,16 +77,13 @@ class OutboxRelay:
             if not rows:
                 return 0, 0
             job_ids = {row.job_id for row in rows if row.job_id}
-            jobs = (
-                {
-                    job.id: job
-                    for job in (
-                        await session.scalars(select(db.Job).where(db.Job.id.in_(job_ids)))
-                    ).all()
-                }
-                if job_ids
-                else {}
-            )
+            jobs: dict[str, db.Job] = {}
+            if job_ids:
+                job_query = select(db.Job).where(db.Job.id.in_(job_ids)).order_by(db.Job.id)
+                if self._db.is_postgresql:
+                    # Event appends bump last_event_sequence: lock like every other writer.
+                    job_query = job_query.with_for_update()
+                jobs = {job.id: job for job in (await session.scalars(job_query)).all()}
             to_send = []
             for row in rows:
                 job = jobs.get(row.job_id)

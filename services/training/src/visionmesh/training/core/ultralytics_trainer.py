@@ -183,10 +183,12 @@ def _prepare_resume(
     out = workdir / "resume" / "resumable.pt"
     out.parent.mkdir(parents=True, exist_ok=True)
     torch.save(ckpt, out)
-    # The checkpoint carries the earlier epochs' rows: restore them so results.csv (and the
-    # history) covers the whole job, not just the epochs after the resume.
+    # The checkpoint carries the rows of the epochs it has trained: restore exactly those, so
+    # results.csv (and the history) covers the whole job and never repeats an epoch that a
+    # failed attempt in this workdir got further with.
     results = save_dir / "results.csv"
-    if ckpt.get("train_results") and not results.exists():
+    results.unlink(missing_ok=True)
+    if ckpt.get("train_results"):
         _write_results_csv(ckpt["train_results"], results)
     return out
 
