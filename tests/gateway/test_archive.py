@@ -497,6 +497,10 @@ def test_archive_without_images_is_rejected(tmp_path: Path) -> None:
         (b"names: [a, b, c]\ntrain: /data/images/train\nval: images/val\n", "relative"),
         (b"names: [a, b, c]\ntrain: train.txt\nval: images/val\n", "image list files"),
         (b"names: [a, b, c]\ntrain: images/../../x\nval: images/val\n", "outside the dataset"),
+        (
+            b"names: [a, b, c]\ntrain: images/train\nval: images/val\ndownload: rm -rf /\n",
+            "'download' is not allowed",
+        ),
     ],
 )
 def test_bad_data_yaml_is_rejected(tmp_path: Path, data_yaml: bytes, description: str) -> None:

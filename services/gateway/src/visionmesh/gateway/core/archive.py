@@ -581,6 +581,13 @@ def _load_data_yaml(
             Reason.BAD_DATA_YAML,
         )
         return None
+    if "download" in doc:
+        # Ultralytics executes a data.yaml's `download:` value (a script or URL) when
+        # the images are missing: never accept one into the platform.
+        violations.add(
+            yaml_field, "'download' is not allowed: upload the images instead", Reason.BAD_DATA_YAML
+        )
+        return None
     return doc
 
 

@@ -36,6 +36,7 @@ from visionmesh.training.core.spec import (
     validate_spec,
 )
 from visionmesh.training.core.ultralytics_trainer import (
+    fresh_train_arguments,
     normalise_ultralytics_metrics,
     train_ultralytics,
 )
@@ -59,6 +60,7 @@ __all__ = [
     "TrainerHooks",
     "capabilities",
     "ensure_valid",
+    "fresh_train_arguments",
     "list_devices",
     "load_classifier",
     "normalise_ultralytics_metrics",

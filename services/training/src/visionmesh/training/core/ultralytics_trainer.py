@@ -333,6 +333,35 @@ class _Run:
             trainer.best = real_best
 
 
+def fresh_train_arguments(
+    spec: TrainSpec, *, data: str, workdir: Path, device: str
+) -> dict[str, Any]:
+    """`YOLO(spec.model).train(**these)` is exactly what a fresh (not resumed) job runs.
+
+    Public so a parity check can train with Ultralytics directly, without visionmesh in
+    the loop, and compare what was learned.
+    """
+    return {
+        **_run_args(spec, device),
+        "data": data,
+        "epochs": spec.epochs,
+        "imgsz": spec.imgsz,
+        "batch": spec.batch,
+        "optimizer": spec.optimizer,
+        "lr0": spec.lr0,
+        "patience": spec.patience,
+        "seed": spec.seed,
+        "deterministic": True,
+        "project": str(workdir),
+        "name": _RUN_NAME,
+        "save_dir": str(workdir / _RUN_NAME),
+        "exist_ok": True,
+        "verbose": False,
+        "pretrained": str(spec.init_checkpoint) if spec.init_checkpoint else False,
+        **spec.augment,
+    }
+
+
 def train_ultralytics(
     spec: TrainSpec,
     *,
@@ -377,25 +406,7 @@ def train_ultralytics(
         }
     else:
         model = YOLO(spec.model, task=spec.task)
-        train_args = {
-            **run_args,
-            "data": data_arg,
-            "epochs": spec.epochs,
-            "imgsz": spec.imgsz,
-            "batch": spec.batch,
-            "optimizer": spec.optimizer,
-            "lr0": spec.lr0,
-            "patience": spec.patience,
-            "seed": spec.seed,
-            "deterministic": True,
-            "project": str(workdir),
-            "name": _RUN_NAME,
-            "save_dir": str(save_dir),
-            "exist_ok": True,
-            "verbose": False,
-            "pretrained": str(spec.init_checkpoint) if spec.init_checkpoint else False,
-            **spec.augment,
-        }
+        train_args = fresh_train_arguments(spec, data=data_arg, workdir=workdir, device=device)
 
     run = _Run(hooks, progress_every=progress_every)
     for event, callback in run.callbacks().items():

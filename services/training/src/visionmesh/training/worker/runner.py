@@ -33,6 +33,10 @@ from visionmesh.training.worker.reporter import JobReporter
 _log = get_logger(__name__)
 
 RESUME_CHECKPOINT = "checkpoints/last.pt"
+BEST_CHECKPOINT = "checkpoints/best.pt"
+# Where both trainers keep their weights under the workdir they are given; an earlier
+# attempt's best.pt goes back there so a resumed run keeps competing against it.
+_WEIGHTS = Path("run") / "weights"
 _ARTIFACT_KINDS = {".pt": "checkpoint", ".csv": "metrics", ".png": "plot"}
 _CONTENT_TYPES = {".pt": "application/octet-stream", ".csv": "text/csv", ".png": "image/png"}
 
@@ -128,6 +132,10 @@ class TrainingJobRunner:
             resume_from = workdir / "resume" / "last.pt"
             resume_from.parent.mkdir()
             await self._store.download_file(prefix + RESUME_CHECKPOINT, resume_from)
+            if await self._store.exists(prefix + BEST_CHECKPOINT):
+                best = workdir / "run" / _WEIGHTS / "best.pt"
+                best.parent.mkdir(parents=True)
+                await self._store.download_file(prefix + BEST_CHECKPOINT, best)
             _log.info("resuming from the last uploaded checkpoint", job_id=request.job_id)
         spec = to_train_spec(spec_proto, init_checkpoint=init_checkpoint)
         if spec.device == "auto" and self._default_device != "auto":
@@ -220,11 +228,15 @@ class TrainingJobRunner:
             reporter.emit_threadsafe(loop, metrics=events_pb2.JobMetricsReported(points=points))
 
         def on_checkpoint(epoch: int, last_path: Path, best_path: Path | None) -> None:
-            del epoch, best_path
-            future = asyncio.run_coroutine_threadsafe(
-                self._store.put_file(prefix + RESUME_CHECKPOINT, last_path), loop
-            )
-            future.result()
+            del epoch
+            uploads = [(RESUME_CHECKPOINT, last_path)]
+            if best_path is not None:
+                uploads.append((BEST_CHECKPOINT, best_path))
+            for key, path in uploads:
+                future = asyncio.run_coroutine_threadsafe(
+                    self._store.put_file(prefix + key, path), loop
+                )
+                future.result()
 
         return TrainerHooks(
             on_progress=on_progress,
