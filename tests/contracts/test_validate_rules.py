@@ -11,6 +11,7 @@ import pytest
 import visionmesh.api
 from google.protobuf import descriptor, message
 from google.protobuf.message_factory import GetMessageClass
+from visionmesh.api.common.v1 import image_pb2
 from visionmesh.api.embedding.v1 import embedding_pb2 as embedding
 from visionmesh.api.events.v1 import events_pb2 as events
 from visionmesh.api.export.v1 import export_pb2 as export
@@ -66,7 +67,7 @@ VALID = [
     ),
     inference.LoadModelRequest(name="shelf-detector", model_version_id="mv"),
     inference.PredictRequest(
-        deployment="d", images=[inference.Image(key="a.jpg")], options=inference.PredictOptions()
+        deployment="d", images=[image_pb2.Image(key="a.jpg")], options=inference.PredictOptions()
     ),
     embedding.ValidateEmbeddingSpecRequest(
         spec=embedding.EmbeddingJobSpec(
@@ -97,13 +98,13 @@ INVALID = [
         {("name", "string.pattern"), ("backend", "string.in"), ("source", "required")},
     ),
     (
-        inference.PredictRequest(deployment="d", images=[inference.Image()]),
+        inference.PredictRequest(deployment="d", images=[image_pb2.Image()]),
         {("images[0].source", "required")},
     ),
     (
         inference.PredictRequest(
             deployment="d",
-            images=[inference.Image(data=b"x")],
+            images=[image_pb2.Image(data=b"x")],
             options=inference.PredictOptions(conf=1.5),
         ),
         {("options.conf", "float.gte_lte")},

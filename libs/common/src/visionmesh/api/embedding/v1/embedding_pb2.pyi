@@ -4,6 +4,7 @@ from buf.validate import validate_pb2 as _validate_pb2
 from google.api import annotations_pb2 as _annotations_pb2
 from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from visionmesh.api.common.v1 import image_pb2 as _image_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
@@ -11,14 +12,6 @@ from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
-
-class Image(_message.Message):
-    __slots__ = ("data", "key")
-    DATA_FIELD_NUMBER: _ClassVar[int]
-    KEY_FIELD_NUMBER: _ClassVar[int]
-    data: bytes
-    key: str
-    def __init__(self, data: _Optional[bytes] = ..., key: _Optional[str] = ...) -> None: ...
 
 class Vector(_message.Message):
     __slots__ = ("values",)
@@ -78,9 +71,9 @@ class EmbedRequest(_message.Message):
     IMAGES_FIELD_NUMBER: _ClassVar[int]
     NORMALIZE_FIELD_NUMBER: _ClassVar[int]
     model: str
-    images: _containers.RepeatedCompositeFieldContainer[Image]
+    images: _containers.RepeatedCompositeFieldContainer[_image_pb2.Image]
     normalize: bool
-    def __init__(self, model: _Optional[str] = ..., images: _Optional[_Iterable[_Union[Image, _Mapping]]] = ..., normalize: _Optional[bool] = ...) -> None: ...
+    def __init__(self, model: _Optional[str] = ..., images: _Optional[_Iterable[_Union[_image_pb2.Image, _Mapping]]] = ..., normalize: _Optional[bool] = ...) -> None: ...
 
 class Embedding(_message.Message):
     __slots__ = ("vector",)
@@ -181,10 +174,10 @@ class ImagePoint(_message.Message):
     PRODUCT_ID_FIELD_NUMBER: _ClassVar[int]
     PAYLOAD_FIELD_NUMBER: _ClassVar[int]
     id: str
-    image: Image
+    image: _image_pb2.Image
     product_id: str
     payload: _struct_pb2.Struct
-    def __init__(self, id: _Optional[str] = ..., image: _Optional[_Union[Image, _Mapping]] = ..., product_id: _Optional[str] = ..., payload: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
+    def __init__(self, id: _Optional[str] = ..., image: _Optional[_Union[_image_pb2.Image, _Mapping]] = ..., product_id: _Optional[str] = ..., payload: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
 
 class UpsertImagesRequest(_message.Message):
     __slots__ = ("collection", "points")
@@ -225,12 +218,12 @@ class SearchRequest(_message.Message):
     FILTER_FIELD_NUMBER: _ClassVar[int]
     SCORE_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
     collection: str
-    image: Image
+    image: _image_pb2.Image
     vector: Vector
     top_k: int
     filter: MetadataFilter
     score_threshold: float
-    def __init__(self, collection: _Optional[str] = ..., image: _Optional[_Union[Image, _Mapping]] = ..., vector: _Optional[_Union[Vector, _Mapping]] = ..., top_k: _Optional[int] = ..., filter: _Optional[_Union[MetadataFilter, _Mapping]] = ..., score_threshold: _Optional[float] = ...) -> None: ...
+    def __init__(self, collection: _Optional[str] = ..., image: _Optional[_Union[_image_pb2.Image, _Mapping]] = ..., vector: _Optional[_Union[Vector, _Mapping]] = ..., top_k: _Optional[int] = ..., filter: _Optional[_Union[MetadataFilter, _Mapping]] = ..., score_threshold: _Optional[float] = ...) -> None: ...
 
 class SearchResponse(_message.Message):
     __slots__ = ("points",)
@@ -264,11 +257,11 @@ class MatchRequest(_message.Message):
     THRESHOLD_FIELD_NUMBER: _ClassVar[int]
     FILTER_FIELD_NUMBER: _ClassVar[int]
     collection: str
-    images: _containers.RepeatedCompositeFieldContainer[Image]
+    images: _containers.RepeatedCompositeFieldContainer[_image_pb2.Image]
     top_k: int
     threshold: float
     filter: MetadataFilter
-    def __init__(self, collection: _Optional[str] = ..., images: _Optional[_Iterable[_Union[Image, _Mapping]]] = ..., top_k: _Optional[int] = ..., threshold: _Optional[float] = ..., filter: _Optional[_Union[MetadataFilter, _Mapping]] = ...) -> None: ...
+    def __init__(self, collection: _Optional[str] = ..., images: _Optional[_Iterable[_Union[_image_pb2.Image, _Mapping]]] = ..., top_k: _Optional[int] = ..., threshold: _Optional[float] = ..., filter: _Optional[_Union[MetadataFilter, _Mapping]] = ...) -> None: ...
 
 class MatchResponse(_message.Message):
     __slots__ = ("results",)

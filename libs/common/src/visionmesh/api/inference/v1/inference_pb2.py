@@ -25,10 +25,11 @@ _sym_db = _symbol_database.Default()
 from buf.validate import validate_pb2 as buf_dot_validate_dot_validate__pb2
 from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
+from visionmesh.api.common.v1 import image_pb2 as visionmesh_dot_common_dot_v1_dot_image__pb2
 from visionmesh.api.export.v1 import export_pb2 as visionmesh_dot_export_dot_v1_dot_export__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\'visionmesh/inference/v1/inference.proto\x12\x17visionmesh.inference.v1\x1a\x1b\x62uf/validate/validate.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a!visionmesh/export/v1/export.proto\"\xe7\x02\n\nDeployment\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\ttenant_id\x18\x02 \x01(\t\x12\x18\n\x10model_version_id\x18\x03 \x01(\t\x12\x15\n\rexport_job_id\x18\x04 \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x05 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x06 \x01(\t\x12\x37\n\x05state\x18\x07 \x01(\x0e\x32(.visionmesh.inference.v1.DeploymentState\x12\x16\n\x0e\x66\x61ilure_reason\x18\x08 \x01(\t\x12\x35\n\x08metadata\x18\t \x01(\x0b\x32#.visionmesh.export.v1.ModelMetadata\x12/\n\x0b\x63reate_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\tload_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xcc\x02\n\x10LoadModelRequest\x12.\n\x04name\x18\x01 \x01(\tB \xbaH\x1dr\x1b\x10\x01\x18?2\x15^[a-z0-9][a-z0-9_-]*$\x12&\n\x10model_version_id\x18\x02 \x01(\tB\n\xbaH\x07r\x05\x10\x01\x18\x80\x01H\x00\x12#\n\rexport_job_id\x18\x03 \x01(\tB\n\xbaH\x07r\x05\x10\x01\x18\x80\x01H\x00\x12\x34\n\x06\x65xport\x18\x04 \x01(\x0b\x32\".visionmesh.export.v1.ExportResultH\x00\x12.\n\x07\x62\x61\x63kend\x18\x05 \x01(\tB\x1d\xbaH\x1ar\x15R\x0bonnxruntimeR\x06triton\xd8\x01\x01\x12\x33\n\x06\x64\x65vice\x18\x06 \x01(\tB#\xbaH r\x1e\x32\x1c^(auto|cpu|cuda(:[0-9]+)?)?$\x12\x0f\n\x07replace\x18\x07 \x01(\x08\x42\x0f\n\x06source\x12\x05\xbaH\x02\x08\x01\"L\n\x11LoadModelResponse\x12\x37\n\ndeployment\x18\x01 \x01(\x0b\x32#.visionmesh.inference.v1.Deployment\"-\n\x12UnloadModelRequest\x12\x17\n\x04name\x18\x01 \x01(\tB\t\xbaH\x06r\x04\x10\x01\x18?\"N\n\x13UnloadModelResponse\x12\x37\n\ndeployment\x18\x01 \x01(\x0b\x32#.visionmesh.inference.v1.Deployment\"K\n\x16ListDeploymentsRequest\x12\x1d\n\tpage_size\x18\x01 \x01(\x05\x42\n\xbaH\x07\x1a\x05\x18\xe8\x07(\x00\x12\x12\n\npage_token\x18\x02 \x01(\t\"l\n\x17ListDeploymentsResponse\x12\x38\n\x0b\x64\x65ployments\x18\x01 \x03(\x0b\x32#.visionmesh.inference.v1.Deployment\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"/\n\x14GetDeploymentRequest\x12\x17\n\x04name\x18\x01 \x01(\tB\t\xbaH\x06r\x04\x10\x01\x18?\"P\n\x15GetDeploymentResponse\x12\x37\n\ndeployment\x18\x01 \x01(\x0b\x32#.visionmesh.inference.v1.Deployment\"Q\n\x05Image\x12\x1c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x42\x0c\xbaH\tz\x07\x10\x01\x18\x80\x80\x80\nH\x00\x12\x19\n\x03key\x18\x02 \x01(\tB\n\xbaH\x07r\x05\x10\x01\x18\x80\x08H\x00\x42\x0f\n\x06source\x12\x05\xbaH\x02\x08\x01\"\xe4\x01\n\x0ePredictOptions\x12\"\n\x04\x63onf\x18\x01 \x01(\x02\x42\x0f\xbaH\x0c\n\n\x1d\x00\x00\x80?-\x00\x00\x00\x00H\x00\x88\x01\x01\x12!\n\x03iou\x18\x02 \x01(\x02\x42\x0f\xbaH\x0c\n\n\x1d\x00\x00\x80?-\x00\x00\x00\x00H\x01\x88\x01\x01\x12 \n\x07max_det\x18\x03 \x01(\x05\x42\n\xbaH\x07\x1a\x05\x18\x90N \x00H\x02\x88\x01\x01\x12\x1e\n\x05top_k\x18\x04 \x01(\x05\x42\n\xbaH\x07\x1a\x05\x18\xe8\x07 \x00H\x03\x88\x01\x01\x12\"\n\x07\x63lasses\x18\x05 \x03(\x05\x42\x11\xbaH\x0e\x92\x01\x0b\x10\x90N\x18\x01\"\x04\x1a\x02(\x00\x42\x07\n\x05_confB\x06\n\x04_iouB\n\n\x08_max_detB\x08\n\x06_top_k\"\xa5\x01\n\x0ePredictRequest\x12\x1d\n\ndeployment\x18\x01 \x01(\tB\t\xbaH\x06r\x04\x10\x01\x18?\x12:\n\x06images\x18\x02 \x03(\x0b\x32\x1e.visionmesh.inference.v1.ImageB\n\xbaH\x07\x92\x01\x04\x08\x01\x10@\x12\x38\n\x07options\x18\x03 \x01(\x0b\x32\'.visionmesh.inference.v1.PredictOptions\"5\n\x03\x42ox\x12\n\n\x02x1\x18\x01 \x01(\x02\x12\n\n\x02y1\x18\x02 \x01(\x02\x12\n\n\x02x2\x18\x03 \x01(\x02\x12\n\n\x02y2\x18\x04 \x01(\x02\"k\n\tDetection\x12\x10\n\x08\x63lass_id\x18\x01 \x01(\x05\x12\x12\n\nclass_name\x18\x02 \x01(\t\x12\r\n\x05score\x18\x03 \x01(\x02\x12)\n\x03\x62ox\x18\x04 \x01(\x0b\x32\x1c.visionmesh.inference.v1.Box\"E\n\x0e\x43lassification\x12\x10\n\x08\x63lass_id\x18\x01 \x01(\x05\x12\x12\n\nclass_name\x18\x02 \x01(\t\x12\r\n\x05score\x18\x03 \x01(\x02\"\xb3\x01\n\x0bImageResult\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05width\x18\x02 \x01(\x05\x12\x0e\n\x06height\x18\x03 \x01(\x05\x12\x36\n\ndetections\x18\x04 \x03(\x0b\x32\".visionmesh.inference.v1.Detection\x12@\n\x0f\x63lassifications\x18\x05 \x03(\x0b\x32\'.visionmesh.inference.v1.Classification\"T\n\rPredictTiming\x12\x15\n\rpreprocess_ms\x18\x01 \x01(\x01\x12\x14\n\x0cinference_ms\x18\x02 \x01(\x01\x12\x16\n\x0epostprocess_ms\x18\x03 \x01(\x01\"\xbc\x01\n\x0fPredictResponse\x12\x35\n\x07results\x18\x01 \x03(\x0b\x32$.visionmesh.inference.v1.ImageResult\x12\x12\n\ndeployment\x18\x02 \x01(\t\x12\x18\n\x10model_version_id\x18\x03 \x01(\t\x12\x0c\n\x04task\x18\x04 \x01(\t\x12\x36\n\x06timing\x18\x05 \x01(\x0b\x32&.visionmesh.inference.v1.PredictTiming\"\xa3\x02\n\x12\x42\x61tchInferenceSpec\x12\x1d\n\ndeployment\x18\x01 \x01(\tB\t\xbaH\x06r\x04\x10\x01\x18?\x12 \n\x0cinput_prefix\x18\x02 \x01(\tB\n\xbaH\x07r\x05\x10\x01\x18\x80\x08\x12!\n\routput_prefix\x18\x03 \x01(\tB\n\xbaH\x07r\x05\x10\x01\x18\x80\x08\x12;\n\x10image_extensions\x18\x04 \x03(\tB!\xbaH\x1e\x92\x01\x1b\x10 \x18\x01\"\x15r\x13\x32\x11^\\.[a-z0-9]{1,8}$\x12#\n\nbatch_size\x18\x05 \x01(\x05\x42\n\xbaH\x07\x1a\x05\x18\x80\x08 \x00H\x00\x88\x01\x01\x12\x38\n\x07options\x18\x06 \x01(\x0b\x32\'.visionmesh.inference.v1.PredictOptionsB\r\n\x0b_batch_size\"]\n\x18ValidateBatchSpecRequest\x12\x41\n\x04spec\x18\x01 \x01(\x0b\x32+.visionmesh.inference.v1.BatchInferenceSpecB\x06\xbaH\x03\xc8\x01\x01\"V\n\x19ValidateBatchSpecResponse\x12\x39\n\x04spec\x18\x01 \x01(\x0b\x32+.visionmesh.inference.v1.BatchInferenceSpec*\x8a\x01\n\x0f\x44\x65ploymentState\x12 \n\x1c\x44\x45PLOYMENT_STATE_UNSPECIFIED\x10\x00\x12\x1c\n\x18\x44\x45PLOYMENT_STATE_LOADING\x10\x01\x12\x1a\n\x16\x44\x45PLOYMENT_STATE_READY\x10\x02\x12\x1b\n\x17\x44\x45PLOYMENT_STATE_FAILED\x10\x03\x32\xf9\x06\n\x10InferenceService\x12~\n\tLoadModel\x12).visionmesh.inference.v1.LoadModelRequest\x1a*.visionmesh.inference.v1.LoadModelResponse\"\x1a\x82\xd3\xe4\x93\x02\x14\"\x0f/v1/deployments:\x01*\x12\x88\x01\n\x0bUnloadModel\x12+.visionmesh.inference.v1.UnloadModelRequest\x1a,.visionmesh.inference.v1.UnloadModelResponse\"\x1e\x82\xd3\xe4\x93\x02\x18*\x16/v1/deployments/{name}\x12\x8d\x01\n\x0fListDeployments\x12/.visionmesh.inference.v1.ListDeploymentsRequest\x1a\x30.visionmesh.inference.v1.ListDeploymentsResponse\"\x17\x82\xd3\xe4\x93\x02\x11\x12\x0f/v1/deployments\x12\x8e\x01\n\rGetDeployment\x12-.visionmesh.inference.v1.GetDeploymentRequest\x1a..visionmesh.inference.v1.GetDeploymentResponse\"\x1e\x82\xd3\xe4\x93\x02\x18\x12\x16/v1/deployments/{name}\x12\x8d\x01\n\x07Predict\x12\'.visionmesh.inference.v1.PredictRequest\x1a(.visionmesh.inference.v1.PredictResponse\"/\x82\xd3\xe4\x93\x02)\"$/v1/deployments/{deployment}:predict:\x01*\x12\xa8\x01\n\x11ValidateBatchSpec\x12\x31.visionmesh.inference.v1.ValidateBatchSpecRequest\x1a\x32.visionmesh.inference.v1.ValidateBatchSpecResponse\",\x82\xd3\xe4\x93\x02&\"!/v1/batch-inference/spec:validate:\x01*b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\'visionmesh/inference/v1/inference.proto\x12\x17visionmesh.inference.v1\x1a\x1b\x62uf/validate/validate.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a visionmesh/common/v1/image.proto\x1a!visionmesh/export/v1/export.proto\"\xe7\x02\n\nDeployment\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\ttenant_id\x18\x02 \x01(\t\x12\x18\n\x10model_version_id\x18\x03 \x01(\t\x12\x15\n\rexport_job_id\x18\x04 \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x05 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x06 \x01(\t\x12\x37\n\x05state\x18\x07 \x01(\x0e\x32(.visionmesh.inference.v1.DeploymentState\x12\x16\n\x0e\x66\x61ilure_reason\x18\x08 \x01(\t\x12\x35\n\x08metadata\x18\t \x01(\x0b\x32#.visionmesh.export.v1.ModelMetadata\x12/\n\x0b\x63reate_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\tload_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xcc\x02\n\x10LoadModelRequest\x12.\n\x04name\x18\x01 \x01(\tB \xbaH\x1dr\x1b\x10\x01\x18?2\x15^[a-z0-9][a-z0-9_-]*$\x12&\n\x10model_version_id\x18\x02 \x01(\tB\n\xbaH\x07r\x05\x10\x01\x18\x80\x01H\x00\x12#\n\rexport_job_id\x18\x03 \x01(\tB\n\xbaH\x07r\x05\x10\x01\x18\x80\x01H\x00\x12\x34\n\x06\x65xport\x18\x04 \x01(\x0b\x32\".visionmesh.export.v1.ExportResultH\x00\x12.\n\x07\x62\x61\x63kend\x18\x05 \x01(\tB\x1d\xbaH\x1ar\x15R\x0bonnxruntimeR\x06triton\xd8\x01\x01\x12\x33\n\x06\x64\x65vice\x18\x06 \x01(\tB#\xbaH r\x1e\x32\x1c^(auto|cpu|cuda(:[0-9]+)?)?$\x12\x0f\n\x07replace\x18\x07 \x01(\x08\x42\x0f\n\x06source\x12\x05\xbaH\x02\x08\x01\"L\n\x11LoadModelResponse\x12\x37\n\ndeployment\x18\x01 \x01(\x0b\x32#.visionmesh.inference.v1.Deployment\"-\n\x12UnloadModelRequest\x12\x17\n\x04name\x18\x01 \x01(\tB\t\xbaH\x06r\x04\x10\x01\x18?\"N\n\x13UnloadModelResponse\x12\x37\n\ndeployment\x18\x01 \x01(\x0b\x32#.visionmesh.inference.v1.Deployment\"K\n\x16ListDeploymentsRequest\x12\x1d\n\tpage_size\x18\x01 \x01(\x05\x42\n\xbaH\x07\x1a\x05\x18\xe8\x07(\x00\x12\x12\n\npage_token\x18\x02 \x01(\t\"l\n\x17ListDeploymentsResponse\x12\x38\n\x0b\x64\x65ployments\x18\x01 \x03(\x0b\x32#.visionmesh.inference.v1.Deployment\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"/\n\x14GetDeploymentRequest\x12\x17\n\x04name\x18\x01 \x01(\tB\t\xbaH\x06r\x04\x10\x01\x18?\"P\n\x15GetDeploymentResponse\x12\x37\n\ndeployment\x18\x01 \x01(\x0b\x32#.visionmesh.inference.v1.Deployment\"\xe4\x01\n\x0ePredictOptions\x12\"\n\x04\x63onf\x18\x01 \x01(\x02\x42\x0f\xbaH\x0c\n\n\x1d\x00\x00\x80?-\x00\x00\x00\x00H\x00\x88\x01\x01\x12!\n\x03iou\x18\x02 \x01(\x02\x42\x0f\xbaH\x0c\n\n\x1d\x00\x00\x80?-\x00\x00\x00\x00H\x01\x88\x01\x01\x12 \n\x07max_det\x18\x03 \x01(\x05\x42\n\xbaH\x07\x1a\x05\x18\x90N \x00H\x02\x88\x01\x01\x12\x1e\n\x05top_k\x18\x04 \x01(\x05\x42\n\xbaH\x07\x1a\x05\x18\xe8\x07 \x00H\x03\x88\x01\x01\x12\"\n\x07\x63lasses\x18\x05 \x03(\x05\x42\x11\xbaH\x0e\x92\x01\x0b\x10\x90N\x18\x01\"\x04\x1a\x02(\x00\x42\x07\n\x05_confB\x06\n\x04_iouB\n\n\x08_max_detB\x08\n\x06_top_k\"\xa2\x01\n\x0ePredictRequest\x12\x1d\n\ndeployment\x18\x01 \x01(\tB\t\xbaH\x06r\x04\x10\x01\x18?\x12\x37\n\x06images\x18\x02 \x03(\x0b\x32\x1b.visionmesh.common.v1.ImageB\n\xbaH\x07\x92\x01\x04\x08\x01\x10@\x12\x38\n\x07options\x18\x03 \x01(\x0b\x32\'.visionmesh.inference.v1.PredictOptions\"5\n\x03\x42ox\x12\n\n\x02x1\x18\x01 \x01(\x02\x12\n\n\x02y1\x18\x02 \x01(\x02\x12\n\n\x02x2\x18\x03 \x01(\x02\x12\n\n\x02y2\x18\x04 \x01(\x02\"k\n\tDetection\x12\x10\n\x08\x63lass_id\x18\x01 \x01(\x05\x12\x12\n\nclass_name\x18\x02 \x01(\t\x12\r\n\x05score\x18\x03 \x01(\x02\x12)\n\x03\x62ox\x18\x04 \x01(\x0b\x32\x1c.visionmesh.inference.v1.Box\"E\n\x0e\x43lassification\x12\x10\n\x08\x63lass_id\x18\x01 \x01(\x05\x12\x12\n\nclass_name\x18\x02 \x01(\t\x12\r\n\x05score\x18\x03 \x01(\x02\"\xb3\x01\n\x0bImageResult\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05width\x18\x02 \x01(\x05\x12\x0e\n\x06height\x18\x03 \x01(\x05\x12\x36\n\ndetections\x18\x04 \x03(\x0b\x32\".visionmesh.inference.v1.Detection\x12@\n\x0f\x63lassifications\x18\x05 \x03(\x0b\x32\'.visionmesh.inference.v1.Classification\"T\n\rPredictTiming\x12\x15\n\rpreprocess_ms\x18\x01 \x01(\x01\x12\x14\n\x0cinference_ms\x18\x02 \x01(\x01\x12\x16\n\x0epostprocess_ms\x18\x03 \x01(\x01\"\xbc\x01\n\x0fPredictResponse\x12\x35\n\x07results\x18\x01 \x03(\x0b\x32$.visionmesh.inference.v1.ImageResult\x12\x12\n\ndeployment\x18\x02 \x01(\t\x12\x18\n\x10model_version_id\x18\x03 \x01(\t\x12\x0c\n\x04task\x18\x04 \x01(\t\x12\x36\n\x06timing\x18\x05 \x01(\x0b\x32&.visionmesh.inference.v1.PredictTiming\"\xa3\x02\n\x12\x42\x61tchInferenceSpec\x12\x1d\n\ndeployment\x18\x01 \x01(\tB\t\xbaH\x06r\x04\x10\x01\x18?\x12 \n\x0cinput_prefix\x18\x02 \x01(\tB\n\xbaH\x07r\x05\x10\x01\x18\x80\x08\x12!\n\routput_prefix\x18\x03 \x01(\tB\n\xbaH\x07r\x05\x10\x01\x18\x80\x08\x12;\n\x10image_extensions\x18\x04 \x03(\tB!\xbaH\x1e\x92\x01\x1b\x10 \x18\x01\"\x15r\x13\x32\x11^\\.[a-z0-9]{1,8}$\x12#\n\nbatch_size\x18\x05 \x01(\x05\x42\n\xbaH\x07\x1a\x05\x18\x80\x08 \x00H\x00\x88\x01\x01\x12\x38\n\x07options\x18\x06 \x01(\x0b\x32\'.visionmesh.inference.v1.PredictOptionsB\r\n\x0b_batch_size\"]\n\x18ValidateBatchSpecRequest\x12\x41\n\x04spec\x18\x01 \x01(\x0b\x32+.visionmesh.inference.v1.BatchInferenceSpecB\x06\xbaH\x03\xc8\x01\x01\"V\n\x19ValidateBatchSpecResponse\x12\x39\n\x04spec\x18\x01 \x01(\x0b\x32+.visionmesh.inference.v1.BatchInferenceSpec*\x8a\x01\n\x0f\x44\x65ploymentState\x12 \n\x1c\x44\x45PLOYMENT_STATE_UNSPECIFIED\x10\x00\x12\x1c\n\x18\x44\x45PLOYMENT_STATE_LOADING\x10\x01\x12\x1a\n\x16\x44\x45PLOYMENT_STATE_READY\x10\x02\x12\x1b\n\x17\x44\x45PLOYMENT_STATE_FAILED\x10\x03\x32\xf9\x06\n\x10InferenceService\x12~\n\tLoadModel\x12).visionmesh.inference.v1.LoadModelRequest\x1a*.visionmesh.inference.v1.LoadModelResponse\"\x1a\x82\xd3\xe4\x93\x02\x14\"\x0f/v1/deployments:\x01*\x12\x88\x01\n\x0bUnloadModel\x12+.visionmesh.inference.v1.UnloadModelRequest\x1a,.visionmesh.inference.v1.UnloadModelResponse\"\x1e\x82\xd3\xe4\x93\x02\x18*\x16/v1/deployments/{name}\x12\x8d\x01\n\x0fListDeployments\x12/.visionmesh.inference.v1.ListDeploymentsRequest\x1a\x30.visionmesh.inference.v1.ListDeploymentsResponse\"\x17\x82\xd3\xe4\x93\x02\x11\x12\x0f/v1/deployments\x12\x8e\x01\n\rGetDeployment\x12-.visionmesh.inference.v1.GetDeploymentRequest\x1a..visionmesh.inference.v1.GetDeploymentResponse\"\x1e\x82\xd3\xe4\x93\x02\x18\x12\x16/v1/deployments/{name}\x12\x8d\x01\n\x07Predict\x12\'.visionmesh.inference.v1.PredictRequest\x1a(.visionmesh.inference.v1.PredictResponse\"/\x82\xd3\xe4\x93\x02)\"$/v1/deployments/{deployment}:predict:\x01*\x12\xa8\x01\n\x11ValidateBatchSpec\x12\x31.visionmesh.inference.v1.ValidateBatchSpecRequest\x1a\x32.visionmesh.inference.v1.ValidateBatchSpecResponse\",\x82\xd3\xe4\x93\x02&\"!/v1/batch-inference/spec:validate:\x01*b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -53,12 +54,6 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LISTDEPLOYMENTSREQUEST'].fields_by_name['page_size']._serialized_options = b'\272H\007\032\005\030\350\007(\000'
   _globals['_GETDEPLOYMENTREQUEST'].fields_by_name['name']._loaded_options = None
   _globals['_GETDEPLOYMENTREQUEST'].fields_by_name['name']._serialized_options = b'\272H\006r\004\020\001\030?'
-  _globals['_IMAGE'].oneofs_by_name['source']._loaded_options = None
-  _globals['_IMAGE'].oneofs_by_name['source']._serialized_options = b'\272H\002\010\001'
-  _globals['_IMAGE'].fields_by_name['data']._loaded_options = None
-  _globals['_IMAGE'].fields_by_name['data']._serialized_options = b'\272H\tz\007\020\001\030\200\200\200\n'
-  _globals['_IMAGE'].fields_by_name['key']._loaded_options = None
-  _globals['_IMAGE'].fields_by_name['key']._serialized_options = b'\272H\007r\005\020\001\030\200\010'
   _globals['_PREDICTOPTIONS'].fields_by_name['conf']._loaded_options = None
   _globals['_PREDICTOPTIONS'].fields_by_name['conf']._serialized_options = b'\272H\014\n\n\035\000\000\200?-\000\000\000\000'
   _globals['_PREDICTOPTIONS'].fields_by_name['iou']._loaded_options = None
@@ -97,50 +92,48 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_INFERENCESERVICE'].methods_by_name['Predict']._serialized_options = b'\202\323\344\223\002)\"$/v1/deployments/{deployment}:predict:\001*'
   _globals['_INFERENCESERVICE'].methods_by_name['ValidateBatchSpec']._loaded_options = None
   _globals['_INFERENCESERVICE'].methods_by_name['ValidateBatchSpec']._serialized_options = b'\202\323\344\223\002&\"!/v1/batch-inference/spec:validate:\001*'
-  _globals['_DEPLOYMENTSTATE']._serialized_start=3069
-  _globals['_DEPLOYMENTSTATE']._serialized_end=3207
-  _globals['_DEPLOYMENT']._serialized_start=196
-  _globals['_DEPLOYMENT']._serialized_end=555
-  _globals['_LOADMODELREQUEST']._serialized_start=558
-  _globals['_LOADMODELREQUEST']._serialized_end=890
-  _globals['_LOADMODELRESPONSE']._serialized_start=892
-  _globals['_LOADMODELRESPONSE']._serialized_end=968
-  _globals['_UNLOADMODELREQUEST']._serialized_start=970
-  _globals['_UNLOADMODELREQUEST']._serialized_end=1015
-  _globals['_UNLOADMODELRESPONSE']._serialized_start=1017
-  _globals['_UNLOADMODELRESPONSE']._serialized_end=1095
-  _globals['_LISTDEPLOYMENTSREQUEST']._serialized_start=1097
-  _globals['_LISTDEPLOYMENTSREQUEST']._serialized_end=1172
-  _globals['_LISTDEPLOYMENTSRESPONSE']._serialized_start=1174
-  _globals['_LISTDEPLOYMENTSRESPONSE']._serialized_end=1282
-  _globals['_GETDEPLOYMENTREQUEST']._serialized_start=1284
-  _globals['_GETDEPLOYMENTREQUEST']._serialized_end=1331
-  _globals['_GETDEPLOYMENTRESPONSE']._serialized_start=1333
-  _globals['_GETDEPLOYMENTRESPONSE']._serialized_end=1413
-  _globals['_IMAGE']._serialized_start=1415
-  _globals['_IMAGE']._serialized_end=1496
-  _globals['_PREDICTOPTIONS']._serialized_start=1499
-  _globals['_PREDICTOPTIONS']._serialized_end=1727
-  _globals['_PREDICTREQUEST']._serialized_start=1730
-  _globals['_PREDICTREQUEST']._serialized_end=1895
-  _globals['_BOX']._serialized_start=1897
-  _globals['_BOX']._serialized_end=1950
-  _globals['_DETECTION']._serialized_start=1952
-  _globals['_DETECTION']._serialized_end=2059
-  _globals['_CLASSIFICATION']._serialized_start=2061
-  _globals['_CLASSIFICATION']._serialized_end=2130
-  _globals['_IMAGERESULT']._serialized_start=2133
-  _globals['_IMAGERESULT']._serialized_end=2312
-  _globals['_PREDICTTIMING']._serialized_start=2314
-  _globals['_PREDICTTIMING']._serialized_end=2398
-  _globals['_PREDICTRESPONSE']._serialized_start=2401
-  _globals['_PREDICTRESPONSE']._serialized_end=2589
-  _globals['_BATCHINFERENCESPEC']._serialized_start=2592
-  _globals['_BATCHINFERENCESPEC']._serialized_end=2883
-  _globals['_VALIDATEBATCHSPECREQUEST']._serialized_start=2885
-  _globals['_VALIDATEBATCHSPECREQUEST']._serialized_end=2978
-  _globals['_VALIDATEBATCHSPECRESPONSE']._serialized_start=2980
-  _globals['_VALIDATEBATCHSPECRESPONSE']._serialized_end=3066
-  _globals['_INFERENCESERVICE']._serialized_start=3210
-  _globals['_INFERENCESERVICE']._serialized_end=4099
+  _globals['_DEPLOYMENTSTATE']._serialized_start=3017
+  _globals['_DEPLOYMENTSTATE']._serialized_end=3155
+  _globals['_DEPLOYMENT']._serialized_start=230
+  _globals['_DEPLOYMENT']._serialized_end=589
+  _globals['_LOADMODELREQUEST']._serialized_start=592
+  _globals['_LOADMODELREQUEST']._serialized_end=924
+  _globals['_LOADMODELRESPONSE']._serialized_start=926
+  _globals['_LOADMODELRESPONSE']._serialized_end=1002
+  _globals['_UNLOADMODELREQUEST']._serialized_start=1004
+  _globals['_UNLOADMODELREQUEST']._serialized_end=1049
+  _globals['_UNLOADMODELRESPONSE']._serialized_start=1051
+  _globals['_UNLOADMODELRESPONSE']._serialized_end=1129
+  _globals['_LISTDEPLOYMENTSREQUEST']._serialized_start=1131
+  _globals['_LISTDEPLOYMENTSREQUEST']._serialized_end=1206
+  _globals['_LISTDEPLOYMENTSRESPONSE']._serialized_start=1208
+  _globals['_LISTDEPLOYMENTSRESPONSE']._serialized_end=1316
+  _globals['_GETDEPLOYMENTREQUEST']._serialized_start=1318
+  _globals['_GETDEPLOYMENTREQUEST']._serialized_end=1365
+  _globals['_GETDEPLOYMENTRESPONSE']._serialized_start=1367
+  _globals['_GETDEPLOYMENTRESPONSE']._serialized_end=1447
+  _globals['_PREDICTOPTIONS']._serialized_start=1450
+  _globals['_PREDICTOPTIONS']._serialized_end=1678
+  _globals['_PREDICTREQUEST']._serialized_start=1681
+  _globals['_PREDICTREQUEST']._serialized_end=1843
+  _globals['_BOX']._serialized_start=1845
+  _globals['_BOX']._serialized_end=1898
+  _globals['_DETECTION']._serialized_start=1900
+  _globals['_DETECTION']._serialized_end=2007
+  _globals['_CLASSIFICATION']._serialized_start=2009
+  _globals['_CLASSIFICATION']._serialized_end=2078
+  _globals['_IMAGERESULT']._serialized_start=2081
+  _globals['_IMAGERESULT']._serialized_end=2260
+  _globals['_PREDICTTIMING']._serialized_start=2262
+  _globals['_PREDICTTIMING']._serialized_end=2346
+  _globals['_PREDICTRESPONSE']._serialized_start=2349
+  _globals['_PREDICTRESPONSE']._serialized_end=2537
+  _globals['_BATCHINFERENCESPEC']._serialized_start=2540
+  _globals['_BATCHINFERENCESPEC']._serialized_end=2831
+  _globals['_VALIDATEBATCHSPECREQUEST']._serialized_start=2833
+  _globals['_VALIDATEBATCHSPECREQUEST']._serialized_end=2926
+  _globals['_VALIDATEBATCHSPECRESPONSE']._serialized_start=2928
+  _globals['_VALIDATEBATCHSPECRESPONSE']._serialized_end=3014
+  _globals['_INFERENCESERVICE']._serialized_start=3158
+  _globals['_INFERENCESERVICE']._serialized_end=4047
 # @@protoc_insertion_point(module_scope)

@@ -3,6 +3,7 @@ import datetime
 from buf.validate import validate_pb2 as _validate_pb2
 from google.api import annotations_pb2 as _annotations_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from visionmesh.api.common.v1 import image_pb2 as _image_pb2
 from visionmesh.api.export.v1 import export_pb2 as _export_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
@@ -114,14 +115,6 @@ class GetDeploymentResponse(_message.Message):
     deployment: Deployment
     def __init__(self, deployment: _Optional[_Union[Deployment, _Mapping]] = ...) -> None: ...
 
-class Image(_message.Message):
-    __slots__ = ("data", "key")
-    DATA_FIELD_NUMBER: _ClassVar[int]
-    KEY_FIELD_NUMBER: _ClassVar[int]
-    data: bytes
-    key: str
-    def __init__(self, data: _Optional[bytes] = ..., key: _Optional[str] = ...) -> None: ...
-
 class PredictOptions(_message.Message):
     __slots__ = ("conf", "iou", "max_det", "top_k", "classes")
     CONF_FIELD_NUMBER: _ClassVar[int]
@@ -142,9 +135,9 @@ class PredictRequest(_message.Message):
     IMAGES_FIELD_NUMBER: _ClassVar[int]
     OPTIONS_FIELD_NUMBER: _ClassVar[int]
     deployment: str
-    images: _containers.RepeatedCompositeFieldContainer[Image]
+    images: _containers.RepeatedCompositeFieldContainer[_image_pb2.Image]
     options: PredictOptions
-    def __init__(self, deployment: _Optional[str] = ..., images: _Optional[_Iterable[_Union[Image, _Mapping]]] = ..., options: _Optional[_Union[PredictOptions, _Mapping]] = ...) -> None: ...
+    def __init__(self, deployment: _Optional[str] = ..., images: _Optional[_Iterable[_Union[_image_pb2.Image, _Mapping]]] = ..., options: _Optional[_Union[PredictOptions, _Mapping]] = ...) -> None: ...
 
 class Box(_message.Message):
     __slots__ = ("x1", "y1", "x2", "y2")
