@@ -129,7 +129,10 @@ async def main(requests: int, jobs: int, concurrency: int) -> None:
         async with (
             postgres_database() as database_url,
             running_stack(
-                Path(tmp) / "stack", extra_env={"VISIONMESH_DATABASE_URL": database_url}
+                Path(tmp) / "stack",
+                # No training workers: this measures accepting and publishing jobs, and a
+                # worker training them on the same two cores would measure something else.
+                extra_env={"VISIONMESH_DATABASE_URL": database_url, "VISIONMESH_WORKERS": "0"},
             ) as stack,
         ):
             ports = stack.ports

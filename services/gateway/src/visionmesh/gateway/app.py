@@ -36,7 +36,7 @@ from visionmesh.gateway.config import GatewaySettings
 from visionmesh.gateway.core.auth import AuthCore, load_or_create_signing_key
 from visionmesh.gateway.core.datasets import DatasetsCore
 from visionmesh.gateway.core.job_events import JobEventApplier, JobEventConsumer
-from visionmesh.gateway.core.jobs import JobsCore, JobWatchers
+from visionmesh.gateway.core.jobs import CachedSpecValidator, JobsCore, JobWatchers
 from visionmesh.gateway.core.outbox import OutboxRelay
 from visionmesh.gateway.core.registry import RegistryCore
 
@@ -71,7 +71,11 @@ class Gateway:
 
     def __init__(self, settings: GatewaySettings) -> None:
         self.settings = settings
-        self.db = Database(settings.resolved_database_url())
+        self.db = Database(
+            settings.resolved_database_url(),
+            pool_size=settings.database_pool_size,
+            max_overflow=settings.database_pool_size,
+        )
         self.store = ObjectStore(
             ObjectStoreConfig(
                 endpoint=settings.s3_endpoint,
@@ -117,7 +121,7 @@ class Gateway:
             db=self.db,
             store=self.store,
             datasets=self.datasets,
-            validate_training_spec=self._validate_training_spec,
+            validate_training_spec=CachedSpecValidator(self._validate_training_spec),
             watchers=self.watchers,
             outbox_wakeup=self.relay.wakeup,
             presign_ttl=presign_ttl,

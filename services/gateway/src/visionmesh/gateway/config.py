@@ -15,6 +15,9 @@ class GatewaySettings(ServiceSettings):
     grpc_port: int = Field(default=50051, ge=0, le=65535, description="gRPC listen port")
     rest_host: str = Field(default="127.0.0.1", description="interface the REST server binds")
     rest_port: int = Field(default=8080, ge=0, le=65535, description="REST/JSON listen port")
+    database_pool_size: int = Field(
+        default=20, gt=0, description="SQL connections kept open (PostgreSQL)"
+    )
     database_url: str = Field(
         default="",
         description="SQLAlchemy URL (postgresql://... or sqlite:///...); "

@@ -33,6 +33,7 @@ def main(argv: list[str]) -> None:
     model = YOLO(spec.model, task=spec.task)
     model.train(**args)
     elapsed = time.perf_counter() - start
+    assert model.trainer is not None
     metrics = normalise_ultralytics_metrics(model.trainer.metrics)
     print(json.dumps({"seconds": elapsed, "metrics": metrics}))
 

@@ -92,7 +92,10 @@ class Database:
             elif self.url.database:
                 Path(self.url.database).parent.mkdir(parents=True, exist_ok=True)
         else:
-            kwargs.update(pool_size=pool_size, max_overflow=max_overflow, pool_pre_ping=True)
+            # No pool_pre_ping: it costs a round trip per checkout (~0.8 ms, half of a
+            # small transaction); connections that died are invalidated on first use and
+            # recycled after 30 minutes instead.
+            kwargs.update(pool_size=pool_size, max_overflow=max_overflow, pool_recycle=1800)
         self.engine: AsyncEngine = create_async_engine(self.url, **kwargs)
         if self.dialect == "sqlite":
             _configure_sqlite(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections import defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
@@ -30,6 +31,36 @@ SpecValidator = Callable[[training_pb2.TrainingSpec, str], Awaitable[training_pb
 """Checks a training spec against a dataset task and returns it with defaults filled in."""
 
 _WATCH_POLL_SECONDS = 1.0
+
+
+class CachedSpecValidator:
+    """Remembers the training service's accepted specs for `ttl` seconds.
+
+    Validation is a pure function of (spec, dataset task) for a given training service
+    version, and teams submit the same spec over and over (sweeps over datasets, re-runs),
+    so a short cache saves a round trip per job; the TTL bounds staleness across a rollout
+    of the training service. Rejections are not cached.
+    """
+
+    def __init__(self, validate: SpecValidator, *, ttl: float = 60.0, size: int = 1024) -> None:
+        self._validate = validate
+        self._ttl = ttl
+        self._size = size
+        self._accepted: dict[tuple[bytes, str], tuple[float, bytes]] = {}
+
+    async def __call__(
+        self, spec: training_pb2.TrainingSpec, dataset_task: str
+    ) -> training_pb2.TrainingSpec:
+        key = (spec.SerializeToString(deterministic=True), dataset_task)
+        now_s = time.monotonic()
+        hit = self._accepted.get(key)
+        if hit is not None and hit[0] > now_s:
+            return training_pb2.TrainingSpec.FromString(hit[1])
+        normalized = await self._validate(spec, dataset_task)
+        if len(self._accepted) >= self._size:
+            self._accepted.pop(next(iter(self._accepted)))
+        self._accepted[key] = (now_s + self._ttl, normalized.SerializeToString())
+        return normalized
 
 
 class JobWatchers:

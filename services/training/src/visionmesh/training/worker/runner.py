@@ -133,9 +133,9 @@ class TrainingJobRunner:
             resume_from.parent.mkdir()
             await self._store.download_file(prefix + RESUME_CHECKPOINT, resume_from)
             if await self._store.exists(prefix + BEST_CHECKPOINT):
-                best = workdir / "run" / _WEIGHTS / "best.pt"
-                best.parent.mkdir(parents=True)
-                await self._store.download_file(prefix + BEST_CHECKPOINT, best)
+                earlier_best = workdir / "run" / _WEIGHTS / "best.pt"
+                earlier_best.parent.mkdir(parents=True)
+                await self._store.download_file(prefix + BEST_CHECKPOINT, earlier_best)
             _log.info("resuming from the last uploaded checkpoint", job_id=request.job_id)
         spec = to_train_spec(spec_proto, init_checkpoint=init_checkpoint)
         if spec.device == "auto" and self._default_device != "auto":
