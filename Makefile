@@ -9,7 +9,9 @@ export UV_LINK_MODE ?= copy
 bootstrap:
 	@command -v uv >/dev/null 2>&1 || python3 -m uv --version >/dev/null 2>&1 || python3 -m pip install --quiet uv
 	$(UV) sync --all-packages --frozen
-	@[ -x node_modules/.bin/buf ] || npm ci --no-audit --no-fund --loglevel=error
+	@# npm install, not npm ci: npm here leaves other platforms' optional buf binaries out of the
+	@# lock, which npm ci refuses; --no-save keeps the lock as committed.
+	@[ -x node_modules/.bin/buf ] || npm install --no-audit --no-fund --no-save --loglevel=error
 
 ## Start the platform on embedded defaults (NATS, S3, SQLite, every service). Ctrl-C stops all.
 up: bootstrap
