@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import tempfile
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
@@ -46,6 +47,36 @@ def _failure_reason(error: InvalidArgument) -> str:
     return error.message
 
 
+_PINNED_CACHE_SIZE = 4096
+
+
+@dataclass(frozen=True, slots=True)
+class PinnedSnapshot:
+    """What a job needs of its snapshot, detached from any session."""
+
+    id: str
+    dataset_id: str
+    dataset_name: str
+    manifest_key: str
+    manifest_sha256: str
+    archive_key: str
+    format: int
+    class_names: tuple[str, ...]
+
+    @classmethod
+    def of(cls, row: db.Snapshot, dataset_name: str) -> PinnedSnapshot:
+        return cls(
+            id=row.id,
+            dataset_id=row.dataset_id,
+            dataset_name=dataset_name,
+            manifest_key=row.manifest_key,
+            manifest_sha256=row.manifest_sha256,
+            archive_key=row.archive_key,
+            format=row.format,
+            class_names=tuple(row.class_names or ()),
+        )
+
+
 def _require_ready(row: db.Dataset) -> None:
     if row.state != READY:
         state = datasets_pb2.DatasetState.Name(row.state)  # type: ignore[arg-type]
@@ -71,6 +102,7 @@ class DatasetsCore:
         self._max_bytes = max_bytes
         self._presign_ttl = presign_ttl
         self._work_dir = work_dir
+        self._pinned: dict[tuple[str, str, str], PinnedSnapshot] = {}
 
     async def _row(self, dataset_id: str) -> db.Dataset:
         principal = require_principal()
@@ -214,22 +246,34 @@ class DatasetsCore:
 
     async def snapshot_for_job(
         self, *, dataset_id: str = "", snapshot_id: str = ""
-    ) -> tuple[db.Snapshot, str]:
-        """The snapshot a job trains on, and its dataset's name, in one transaction.
+    ) -> PinnedSnapshot:
+        """The snapshot a job trains on (and its dataset's name).
 
         Given a dataset, that is the newest snapshot of its current manifest, made when
-        there is none (so repeated jobs on unchanged data share one).
+        there is none, so repeated jobs on unchanged data share one. Answers are cached:
+        READY datasets and snapshots never change (re-finalizing is refused and their
+        files live under content-addressed keys), and the key includes the tenant.
         """
         principal = require_principal()
+        key = (principal.tenant_id, dataset_id, snapshot_id)
+        pinned = self._pinned.get(key)
+        if pinned is None:
+            pinned = await self._pin(principal.tenant_id, dataset_id, snapshot_id)
+            if len(self._pinned) >= _PINNED_CACHE_SIZE:
+                self._pinned.pop(next(iter(self._pinned)))
+            self._pinned[key] = pinned
+        return pinned
+
+    async def _pin(self, tenant_id: str, dataset_id: str, snapshot_id: str) -> PinnedSnapshot:
         async with self._db.session() as session:
             if snapshot_id:
                 snapshot = await session.get(db.Snapshot, snapshot_id)
-                if snapshot is None or snapshot.tenant_id != principal.tenant_id:
+                if snapshot is None or snapshot.tenant_id != tenant_id:
                     raise NotFound(resource_type="Snapshot", resource_id=snapshot_id)
                 dataset = await session.get(db.Dataset, snapshot.dataset_id)
-                return snapshot, dataset.name if dataset is not None else ""
+                return PinnedSnapshot.of(snapshot, dataset.name if dataset is not None else "")
             dataset = await session.get(db.Dataset, dataset_id)
-            if dataset is None or dataset.tenant_id != principal.tenant_id:
+            if dataset is None or dataset.tenant_id != tenant_id:
                 raise NotFound(resource_type="Dataset", resource_id=dataset_id)
             _require_ready(dataset)
             existing = await session.scalar(
@@ -242,11 +286,11 @@ class DatasetsCore:
                 .limit(1)
             )
             if existing is not None:
-                return existing, dataset.name
+                return PinnedSnapshot.of(existing, dataset.name)
             snapshot = self._new_snapshot(dataset, "made automatically for a training job")
             session.add(snapshot)
             await session.flush()
-            return snapshot, dataset.name
+            return PinnedSnapshot.of(snapshot, dataset.name)
 
     async def get_snapshot(self, snapshot_id: str) -> datasets_pb2.Snapshot:
         principal = require_principal()

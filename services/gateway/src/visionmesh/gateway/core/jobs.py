@@ -8,10 +8,11 @@ import time
 from collections import defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from google.protobuf import json_format
 from google.protobuf.timestamp_pb2 import Timestamp
-from sqlalchemy import func, select
+from sqlalchemy import func, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from visionmesh.api.common.v1 import artifact_pb2, job_pb2, metric_pb2
 from visionmesh.api.events.v1 import events_pb2
@@ -100,6 +101,30 @@ def _ts(value: datetime) -> Timestamp:
     return ts
 
 
+def next_event(
+    job: db.Job,
+    *,
+    source_key: str,
+    event: jobs_pb2.WatchJobResponse,
+    at: datetime | None = None,
+) -> dict[str, Any]:
+    """Makes `event` the job's next one (sequence = last + 1, with the job's snapshot after
+    it) and returns its job_events row."""
+    at = at or now()
+    job.last_event_sequence += 1
+    job.updated_at = at
+    event.sequence = job.last_event_sequence
+    event.time.CopyFrom(_ts(at))
+    event.job.CopyFrom(convert.job(job))
+    return {
+        "job_id": job.id,
+        "sequence": job.last_event_sequence,
+        "source_key": source_key,
+        "payload": event.SerializeToString(),
+        "created_at": at,
+    }
+
+
 async def append_event(
     session: AsyncSession,
     job: db.Job,
@@ -108,23 +133,17 @@ async def append_event(
     event: jobs_pb2.WatchJobResponse,
     at: datetime | None = None,
 ) -> jobs_pb2.WatchJobResponse:
-    """Adds the next event of `job` (sequence = last + 1) with the job's current snapshot."""
-    at = at or now()
-    job.last_event_sequence += 1
-    job.updated_at = at
-    event.sequence = job.last_event_sequence
-    event.time.CopyFrom(_ts(at))
-    event.job.CopyFrom(convert.job(job))
-    session.add(
-        db.JobEvent(
-            job_id=job.id,
-            sequence=job.last_event_sequence,
-            source_key=source_key,
-            payload=event.SerializeToString(),
-            created_at=at,
-        )
-    )
+    """Stores the next event of `job` (see next_event)."""
+    # A plain INSERT, not a unit-of-work object: events are append-only and this is on
+    # every hot path (relay, event consumer).
+    row = next_event(job, source_key=source_key, event=event, at=at)
+    await session.execute(insert(db.JobEvent).values(row))
     return event
+
+
+def _column_values(row: db.Base) -> dict[str, Any]:
+    """A transient row's column values, for a Core INSERT."""
+    return {column.key: getattr(row, column.key) for column in row.__table__.columns}
 
 
 def state_event(state: int, error: job_pb2.JobError | None = None) -> jobs_pb2.WatchJobResponse:
@@ -161,7 +180,7 @@ class JobsCore:
             raise InvalidArgument.for_field(
                 "dataset_id", "give exactly one of dataset_id or snapshot_id"
             )
-        snapshot, dataset_name = await self._datasets.snapshot_for_job(
+        snapshot = await self._datasets.snapshot_for_job(
             dataset_id=request.dataset_id, snapshot_id=request.snapshot_id
         )
         task = "classify" if snapshot.format == 2 else "detect"  # DATASET_FORMAT_CLASSIFY_FOLDERS
@@ -179,10 +198,17 @@ class JobsCore:
             spec_json=json_format.MessageToJson(spec, indent=None),
             dataset_id=snapshot.dataset_id,
             snapshot_id=snapshot.id,
-            model_name=request.model_name or f"{dataset_name}-{spec.task}",
+            model_name=request.model_name or f"{snapshot.dataset_name}-{spec.task}",
             created_by=principal.subject,
             created_at=created,
             updated_at=created,
+            progress={},
+            metrics={},
+            error_reason="",
+            error_message="",
+            attempts=0,
+            last_event_sequence=0,
+            model_version_id="",
         )
         work = events_pb2.JobRequest(
             job_id=job.id,
@@ -197,28 +223,28 @@ class JobsCore:
                     manifest_sha256=snapshot.manifest_sha256,
                     archive_key=snapshot.archive_key,
                     task=task,
-                    class_names=snapshot.class_names or [],
+                    class_names=snapshot.class_names,
                 ),
                 init_checkpoint_key=init_checkpoint_key,
                 artifact_prefix=f"jobs/{job.id}/",
             ),
         )
         async with self._db.session() as session:
-            session.add(job)
-            await session.flush()
-            await append_event(
-                session, job, source_key="gateway/created", event=state_event(states.PENDING)
-            )
-            session.add(
-                db.OutboxMessage(
+            # Plain INSERTs: this is the platform's hottest write path.
+            event = next_event(job, source_key="gateway/created", event=state_event(states.PENDING))
+            await session.execute(insert(db.Job).values(_column_values(job)))
+            await session.execute(insert(db.JobEvent).values(event))
+            await session.execute(
+                insert(db.OutboxMessage).values(
                     subject=job_request_subject(job_pb2.JOB_KIND_TRAINING),
                     job_id=job.id,
                     msg_id=job.id,
                     payload_type=work.DESCRIPTOR.full_name,
                     payload=work.SerializeToString(),
+                    created_at=created,
                 )
             )
-            message = convert.job(job)
+        message = convert.job(job)
         self._outbox_wakeup()
         return message
 

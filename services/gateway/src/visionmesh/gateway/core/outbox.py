@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from typing import Any
 
 from google.protobuf import symbol_database
-from sqlalchemy import select
+from sqlalchemy import insert, select, update
 from visionmesh.common.db import Database
 from visionmesh.common.errors import VisionMeshError
 from visionmesh.common.events import EventBus
 from visionmesh.common.logging import get_logger
 from visionmesh.gateway.core import states
-from visionmesh.gateway.core.jobs import JobWatchers, append_event, now, state_event
+from visionmesh.gateway.core.jobs import JobWatchers, next_event, now, state_event
 from visionmesh.gateway.db import models as db
 
 _log = get_logger(__name__)
@@ -64,16 +65,24 @@ class OutboxRelay:
 
     async def relay_once(self) -> tuple[int, int]:
         """Publishes one batch; returns (published, failed) counts."""
+        outbox = db.OutboxMessage
         async with self._db.session() as session:
             query = (
-                select(db.OutboxMessage)
-                .where(db.OutboxMessage.published_at.is_(None))
-                .order_by(db.OutboxMessage.id)
+                select(
+                    outbox.id,
+                    outbox.subject,
+                    outbox.msg_id,
+                    outbox.payload_type,
+                    outbox.payload,
+                    outbox.job_id,
+                )
+                .where(outbox.published_at.is_(None))
+                .order_by(outbox.id)
                 .limit(self._batch_size)
             )
             if self._db.is_postgresql:
                 query = query.with_for_update(skip_locked=True)
-            rows = list((await session.scalars(query)).all())
+            rows = list((await session.execute(query)).all())
             if not rows:
                 return 0, 0
             job_ids = {row.job_id for row in rows if row.job_id}
@@ -84,38 +93,51 @@ class OutboxRelay:
                     # Event appends bump last_event_sequence: lock like every other writer.
                     job_query = job_query.with_for_update()
                 jobs = {job.id: job for job in (await session.scalars(job_query)).all()}
+            done: list[int] = []
             to_send = []
             for row in rows:
                 job = jobs.get(row.job_id)
                 if job is not None and job.state in states.TERMINAL:
-                    row.published_at = now()  # cancelled before it was sent: nothing to do
+                    done.append(row.id)  # cancelled before it was sent: nothing to do
                 else:
                     to_send.append(row)
             results = await asyncio.gather(
                 *(self._publish(row) for row in to_send), return_exceptions=True
             )
             published = failed = 0
+            events = []
             for row, result in zip(to_send, results, strict=True):
                 if isinstance(result, BaseException):
                     failed += 1
-                    row.attempts += 1
-                    row.last_error = str(result)[:2000]
+                    await session.execute(
+                        update(outbox)
+                        .where(outbox.id == row.id)
+                        .values(attempts=outbox.attempts + 1, last_error=str(result)[:2000])
+                    )
                     continue
                 published += 1
-                row.published_at = now()
+                done.append(row.id)
                 job = jobs.get(row.job_id)
                 if job is not None and job.state == states.PENDING:
                     job.state = states.QUEUED
-                    await append_event(
-                        session, job, source_key="gateway/queued", event=state_event(states.QUEUED)
+                    events.append(
+                        next_event(
+                            job, source_key="gateway/queued", event=state_event(states.QUEUED)
+                        )
                     )
+            if done:
+                await session.execute(
+                    update(outbox).where(outbox.id.in_(done)).values(published_at=now())
+                )
+            if events:
+                await session.execute(insert(db.JobEvent), events)
             if failed:
                 _log.warning("outbox publish failed", failed=failed, published=published)
         for job_id in job_ids:
             self._watchers.notify(job_id)
         return published, failed
 
-    async def _publish(self, row: db.OutboxMessage) -> None:
+    async def _publish(self, row: Any) -> None:
         message_class = symbol_database.Default().GetSymbol(row.payload_type)
         message = message_class.FromString(row.payload)
         try:
