@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sys
 import time
 from collections import defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -150,6 +152,78 @@ def state_event(state: int, error: job_pb2.JobError | None = None) -> jobs_pb2.W
     return jobs_pb2.WatchJobResponse(state_change=jobs_pb2.JobStateChange(state=state, error=error))  # type: ignore[arg-type]
 
 
+@dataclass(frozen=True, slots=True)
+class NewJob:
+    """The three rows of a new job: they commit together or not at all."""
+
+    job: dict[str, Any]
+    event: dict[str, Any]
+    outbox: dict[str, Any]
+
+
+class GroupCommitWriter:
+    """Writes concurrently created jobs in shared transactions (group commit).
+
+    A commit on PostgreSQL waits for the WAL flush, a few milliseconds here, and a
+    transaction per job capped the gateway near 150 creations a second. Jobs that
+    arrive while a transaction is in flight go into the next one, as one multi-row INSERT
+    per table; an idle writer commits at once, so a lone request waits for nothing. Each
+    job's own rows still commit atomically, and if a shared transaction fails, its jobs
+    are retried one by one so one bad job cannot fail the others.
+    """
+
+    def __init__(self, db: Database, *, max_batch: int = 128) -> None:
+        self._db = db
+        self._max_batch = max_batch
+        self._pending: list[tuple[NewJob, asyncio.Future[None]]] = []
+        self._flusher: asyncio.Task[None] | None = None
+
+    async def write(self, new: NewJob) -> None:
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._pending.append((new, future))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush())
+        await future
+
+    async def _flush(self) -> None:
+        while self._pending:
+            batch, self._pending = (
+                self._pending[: self._max_batch],
+                self._pending[self._max_batch :],
+            )
+            try:
+                await self._insert([new for new, _ in batch])
+            except Exception:
+                if len(batch) == 1:
+                    _resolve(batch[0][1], sys.exc_info()[1])
+                    continue
+                for new, future in batch:
+                    try:
+                        await self._insert([new])
+                    except Exception as exc:
+                        _resolve(future, exc)
+                    else:
+                        _resolve(future, None)
+                continue
+            for _, future in batch:
+                _resolve(future, None)
+
+    async def _insert(self, batch: list[NewJob]) -> None:
+        async with self._db.session() as session:
+            await session.execute(insert(db.Job), [new.job for new in batch])
+            await session.execute(insert(db.JobEvent), [new.event for new in batch])
+            await session.execute(insert(db.OutboxMessage), [new.outbox for new in batch])
+
+
+def _resolve(future: asyncio.Future[None], error: BaseException | None) -> None:
+    if future.done():  # the caller went away (cancelled request)
+        return
+    if error is None:
+        future.set_result(None)
+    else:
+        future.set_exception(error)
+
+
 class JobsCore:
     """Creates and tracks jobs for the caller's tenant."""
 
@@ -171,6 +245,7 @@ class JobsCore:
         self._watchers = watchers
         self._outbox_wakeup = outbox_wakeup
         self._presign_ttl = presign_ttl
+        self._writer = GroupCommitWriter(db)
 
     # -- creation ---------------------------------------------------------------------
 
@@ -229,21 +304,19 @@ class JobsCore:
                 artifact_prefix=f"jobs/{job.id}/",
             ),
         )
-        async with self._db.session() as session:
-            # Plain INSERTs: this is the platform's hottest write path.
-            event = next_event(job, source_key="gateway/created", event=state_event(states.PENDING))
-            await session.execute(insert(db.Job).values(_column_values(job)))
-            await session.execute(insert(db.JobEvent).values(event))
-            await session.execute(
-                insert(db.OutboxMessage).values(
-                    subject=job_request_subject(job_pb2.JOB_KIND_TRAINING),
-                    job_id=job.id,
-                    msg_id=job.id,
-                    payload_type=work.DESCRIPTOR.full_name,
-                    payload=work.SerializeToString(),
-                    created_at=created,
-                )
-            )
+        event = next_event(job, source_key="gateway/created", event=state_event(states.PENDING))
+        outbox = {
+            "subject": job_request_subject(job_pb2.JOB_KIND_TRAINING),
+            "job_id": job.id,
+            "msg_id": job.id,
+            "payload_type": work.DESCRIPTOR.full_name,
+            "payload": work.SerializeToString(),
+            "created_at": created,
+            "published_at": None,
+            "attempts": 0,
+            "last_error": "",
+        }
+        await self._writer.write(NewJob(job=_column_values(job), event=event, outbox=outbox))
         message = convert.job(job)
         self._outbox_wakeup()
         return message
