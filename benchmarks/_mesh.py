@@ -52,7 +52,22 @@ async def raw_http_get(
     reader: asyncio.StreamReader, writer: asyncio.StreamWriter, path: str, headers: str
 ) -> bytes:
     """One keep-alive HTTP/1.1 GET with the least client overhead we can manage."""
-    writer.write(f"GET {path} HTTP/1.1\r\nhost: bench\r\n{headers}\r\n".encode())
+    return await raw_http(reader, writer, "GET", path, headers)
+
+
+async def raw_http(
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    method: str,
+    path: str,
+    headers: str,
+    body: bytes = b"",
+) -> bytes:
+    """One keep-alive HTTP/1.1 request; returns the body of a 200 response."""
+    length = f"content-length: {len(body)}\r\ncontent-type: application/json\r\n" if body else ""
+    writer.write(
+        f"{method} {path} HTTP/1.1\r\nhost: bench\r\n{headers}{length}\r\n".encode() + body
+    )
     await writer.drain()
     head = await reader.readuntil(b"\r\n\r\n")
     length = 0

@@ -7,6 +7,7 @@ import hashlib
 import os
 import secrets
 import stat
+import time
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -90,6 +91,7 @@ LOGIN_METHOD: Final = "/visionmesh.gateway.v1.AuthService/Login"
 PUBLIC_METHODS: Final = frozenset({SIGN_UP_METHOD, LOGIN_METHOD})
 
 _ALGORITHM = "EdDSA"
+_VERIFIED_CACHE_SIZE = 10_000
 _BAD_LOGIN = "invalid username or password"
 
 _log = get_logger("visionmesh.gateway.auth")
@@ -488,6 +490,10 @@ class GatewayAuthenticator:
         self._leeway = leeway_seconds
         self._last_used_resolution = last_used_resolution
         self._clock = clock
+        # Access tokens are stateless until they expire, so a verified one is remembered
+        # until then: an EdDSA verification per request was the gateway's largest
+        # per-request cost. (API keys are looked up every time: revocation is immediate.)
+        self._verified: dict[str, tuple[Principal, float]] = {}
         self._service_tokens = ServiceTokenVerifier(
             public_keys=(public_key,),
             audience=service_audience,
@@ -518,10 +524,19 @@ class GatewayAuthenticator:
                 reason="TOKEN_MALFORMED",
             ) from None
         if header.get("typ") == ACCESS_TOKEN_TYPE:
-            return self._verify_access_token(token, header)
+            cached = self._verified.get(token)
+            if cached is not None and time.time() < cached[1]:
+                return cached[0]
+            principal, expires_at = self._verify_access_token(token, header)
+            if len(self._verified) >= _VERIFIED_CACHE_SIZE:
+                self._verified.pop(next(iter(self._verified)))
+            self._verified[token] = (principal, expires_at)
+            return principal
         return self._service_tokens.verify(token)
 
-    def _verify_access_token(self, token: str, header: Mapping[str, Any]) -> Principal:
+    def _verify_access_token(
+        self, token: str, header: Mapping[str, Any]
+    ) -> tuple[Principal, float]:
         if header.get("alg") != _ALGORITHM:
             raise Unauthenticated(
                 f"access token algorithm {header.get('alg')!r} is not allowed; "
@@ -577,9 +592,10 @@ class GatewayAuthenticator:
             raise Unauthenticated(
                 "access token has invalid kind, role or tid claims", reason="TOKEN_INVALID"
             )
-        return Principal(
+        principal = Principal(
             subject=str(claims["sub"]), tenant_id=tenant_id, role=_user_role(role), kind="user"
         )
+        return principal, float(claims["exp"])
 
     async def verify_api_key(self, secret: str) -> Principal:
         """The Principal of a live API key; its owner's current role applies.

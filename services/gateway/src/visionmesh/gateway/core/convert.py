@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from datetime import UTC, datetime
 
 from google.protobuf import any_pb2, json_format, symbol_database
@@ -21,12 +22,19 @@ def timestamp(value: datetime | None) -> Timestamp | None:
     return ts
 
 
-def spec_any(spec_type: str, spec_json: str) -> any_pb2.Any:
+@functools.lru_cache(maxsize=1024)
+def _packed_spec(spec_type: str, spec_json: str) -> bytes:
     message_class = symbol_database.Default().GetSymbol(spec_type)
     spec = json_format.Parse(spec_json, message_class())
     packed = any_pb2.Any()
     packed.Pack(spec)
-    return packed
+    return packed.SerializeToString()
+
+
+def spec_any(spec_type: str, spec_json: str) -> any_pb2.Any:
+    # Cached: parsing JSON into a message is the costliest part of converting a job, and
+    # jobs of one sweep share their spec.
+    return any_pb2.Any.FromString(_packed_spec(spec_type, spec_json))
 
 
 def job(row: db.Job) -> job_pb2.Job:
