@@ -128,16 +128,10 @@ def main() -> None:
     print(f"  Ultralytics directly: {direct_run['seconds']:.1f} s")
     print(f"  through the mesh:     {mesh_run['seconds']:.1f} s (create job -> SUCCEEDED)")
     print(f"  ratio mesh/direct:    {ratio:.3f} (goal <= 1.10)")
-    names = {
-        "map50": "metrics/mAP50(B)",
-        "map50_95": "metrics/mAP50-95(B)",
-        "precision": "metrics/precision(B)",
-        "recall": "metrics/recall(B)",
-    }
-    for ours, theirs in names.items():
-        d = direct_run["metrics"].get(theirs, float("nan"))
-        m = mesh_run["metrics"].get(ours, float("nan"))
-        print(f"  {ours:10} direct {d:.4f}  mesh {m:.4f}  diff {abs(d - m):.2e}")
+    for name in ("map50", "map50_95", "precision", "recall"):
+        d = direct_run["metrics"].get(name, float("nan"))
+        m = mesh_run["metrics"].get(name, float("nan"))
+        print(f"  {name:10} direct {d:.4f}  mesh {m:.4f}  diff {abs(d - m):.2e}")
     print(json.dumps({"direct": direct_run, "mesh": mesh_run, "ratio": ratio}))
 
 

@@ -235,11 +235,13 @@ async def test_killed_worker_job_resumes_from_its_checkpoint_on_a_new_worker(mes
             )
         ).json()["job"]["id"]
 
-        async def past_first_epoch() -> bool:
+        async def epoch_three_training() -> bool:
+            # Checkpoints upload while the next epoch trains, and epoch N+1's checkpoint
+            # waits for epoch N's upload: once epoch 3 trains, epoch 1's is in the store.
             job = await _job(client, job_id)
-            return int(job["progress"].get("epoch", 0)) >= 2 and job["progress"]["phase"] == "train"
+            return int(job["progress"].get("epoch", 0)) >= 3 and job["progress"]["phase"] == "train"
 
-        await wait_for(past_first_epoch, within=300, what="epoch 2 to start")
+        await wait_for(epoch_three_training, within=300, what="epoch 3 to start")
         training = mesh.stack.service("training")
         assert training.pid is not None
         os.kill(training.pid, signal.SIGKILL)
@@ -250,7 +252,7 @@ async def test_killed_worker_job_resumes_from_its_checkpoint_on_a_new_worker(mes
         assert job["attempts"] == 2
         points = (await client.get(f"/v1/jobs/{job_id}/metrics", params={"name": "map50"})).json()
         epochs = [p["epoch"] for p in points["points"]]
-        # Epoch 1 ran once, on the first worker; the second resumed after it.
+        # Epoch 1 ran once, on the first worker; the second resumed from a checkpoint.
         assert epochs.count(1) == 1 and sorted(set(epochs)) == [1, 2, 3, 4]
         models = [
             m for m in (await client.get("/v1/models")).json()["models"] if m["name"] == "resumed"

@@ -16,6 +16,7 @@ from visionmesh.common.storage import ObjectStore, ObjectStoreConfig
 from visionmesh.common.subjects import ensure_job_streams
 from visionmesh.training.api.servicer import TrainingServicer
 from visionmesh.training.config import TrainingSettings
+from visionmesh.training.core import capabilities
 from visionmesh.training.worker.cache import DatasetCache
 from visionmesh.training.worker.runner import TrainingJobRunner
 from visionmesh.training.worker.worker import TrainingWorker
@@ -43,6 +44,12 @@ def object_store(settings: TrainingSettings) -> ObjectStore:
     )
 
 
+def _warm_up() -> None:
+    from ultralytics import YOLO  # noqa: F401
+
+    capabilities()  # torch, torchvision and Ultralytics' model configs
+
+
 async def serve(settings: TrainingSettings) -> None:
     log = get_logger("visionmesh.training")
     # Ultralytics must never reach for the network here (no hub, no downloads).
@@ -54,6 +61,8 @@ async def serve(settings: TrainingSettings) -> None:
         TrainingServicer(),
         service_name=SERVICE_NAME,
     )
+    # Import the training stack now, not in the first job: it takes seconds.
+    await asyncio.to_thread(_warm_up)
     store = object_store(settings)
     await store.ensure_bucket()
     async with EventBus(servers=settings.nats_url, name=f"training-{os.getpid()}") as bus:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import functools
 import hashlib
 import shutil
@@ -76,6 +77,45 @@ def write_data_yaml(data_dir: Path, class_names: list[str], dest: Path) -> Path:
     return dest
 
 
+class CheckpointUploader:
+    """Uploads each epoch's checkpoints (for resuming) without stalling training.
+
+    Called on the training thread: the files are copied aside (milliseconds) and uploaded
+    on the event loop while the next epoch trains. The previous epoch's upload is awaited
+    first, so checkpoints land in order and at most one is in flight.
+    """
+
+    def __init__(
+        self, store: ObjectStore, prefix: str, loop: asyncio.AbstractEventLoop, staging: Path
+    ) -> None:
+        self._store = store
+        self._prefix = prefix
+        self._loop = loop
+        self._staging = staging
+        self._in_flight: concurrent.futures.Future[None] | None = None
+
+    def stage(self, epoch: int, files: list[tuple[str, Path]]) -> None:
+        if self._in_flight is not None:
+            self._in_flight.result()
+        self._staging.mkdir(parents=True, exist_ok=True)
+        staged = []
+        for key, path in files:
+            copy = self._staging / f"{epoch}-{Path(key).name}"
+            shutil.copyfile(path, copy)
+            staged.append((key, copy))
+        self._in_flight = asyncio.run_coroutine_threadsafe(self._upload(staged), self._loop)
+
+    async def _upload(self, staged: list[tuple[str, Path]]) -> None:
+        for key, copy in staged:
+            await self._store.put_file(self._prefix + key, copy)
+            await asyncio.to_thread(copy.unlink)
+
+    async def drain(self) -> None:
+        if self._in_flight is not None:
+            await asyncio.wrap_future(self._in_flight)
+            self._in_flight = None
+
+
 class TrainingJobRunner:
     """Everything between "a worker took the job" and "it ended"; transport-free except S3."""
 
@@ -144,7 +184,8 @@ class TrainingJobRunner:
             spec = replace(spec, device=self._default_device)
 
         loop = asyncio.get_running_loop()
-        hooks = self._hooks(loop, reporter, prefix, cancel)
+        checkpoints = CheckpointUploader(self._store, prefix, loop, workdir / "staged")
+        hooks = self._hooks(loop, reporter, checkpoints, cancel)
         options: dict[str, Any] = {
             "workdir": workdir / "run",
             "hooks": hooks,
@@ -160,7 +201,10 @@ class TrainingJobRunner:
             train = train_ultralytics
             class_names = list(work.snapshot.class_names)
             options["data"] = write_data_yaml(data_dir, class_names, workdir / "data.yaml")
-        result = await asyncio.to_thread(functools.partial(train, spec, **options))
+        try:
+            result = await asyncio.to_thread(functools.partial(train, spec, **options))
+        finally:
+            await checkpoints.drain()
         await reporter.flush()
         await reporter.progress(
             job_pb2.JobProgress(
@@ -193,7 +237,7 @@ class TrainingJobRunner:
         self,
         loop: asyncio.AbstractEventLoop,
         reporter: JobReporter,
-        prefix: str,
+        checkpoints: CheckpointUploader,
         cancel: threading.Event,
     ) -> TrainerHooks:
         """Hooks run on the training thread: events are queued to the loop in order, and
@@ -228,15 +272,10 @@ class TrainingJobRunner:
             reporter.emit_threadsafe(loop, metrics=events_pb2.JobMetricsReported(points=points))
 
         def on_checkpoint(epoch: int, last_path: Path, best_path: Path | None) -> None:
-            del epoch
             uploads = [(RESUME_CHECKPOINT, last_path)]
             if best_path is not None:
                 uploads.append((BEST_CHECKPOINT, best_path))
-            for key, path in uploads:
-                future = asyncio.run_coroutine_threadsafe(
-                    self._store.put_file(prefix + key, path), loop
-                )
-                future.result()
+            checkpoints.stage(epoch, uploads)
 
         return TrainerHooks(
             on_progress=on_progress,
