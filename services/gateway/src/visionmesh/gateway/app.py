@@ -30,6 +30,7 @@ from visionmesh.common.settings import load_settings
 from visionmesh.common.storage import ObjectStore, ObjectStoreConfig
 from visionmesh.common.subjects import ensure_job_streams
 from visionmesh.gateway.api.auth_servicer import AuthServicer
+from visionmesh.gateway.api.proxies import TrainingProxy
 from visionmesh.gateway.api.rest import RestServer, RestTranscoder, serve_rest
 from visionmesh.gateway.api.servicers import DatasetServicer, JobServicer, ModelServicer
 from visionmesh.gateway.config import GatewaySettings
@@ -140,6 +141,11 @@ class Gateway:
                 models_pb2,
                 models_pb2_grpc.add_ModelServiceServicer_to_server,
                 ModelServicer(self.registry),
+            ),
+            (
+                training_pb2,
+                training_pb2_grpc.add_TrainingServiceServicer_to_server,
+                TrainingProxy(self._training_stub),
             ),
         ]
         self.grpc = GrpcServer(settings=settings, authenticator=authenticator)
