@@ -14,7 +14,7 @@ from typing import Any
 
 from google.protobuf import json_format
 from google.protobuf.timestamp_pb2 import Timestamp
-from sqlalchemy import func, insert, select
+from sqlalchemy import insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from visionmesh.api.common.v1 import artifact_pb2, job_pb2, metric_pb2
 from visionmesh.api.events.v1 import events_pb2
@@ -470,12 +470,3 @@ class JobsCore:
                     await asyncio.wait_for(wakeup.wait(), _WATCH_POLL_SECONDS)
         finally:
             self._watchers.unregister(job_id, wakeup)
-
-
-async def count_unpublished(session: AsyncSession) -> int:
-    result = await session.scalar(
-        select(func.count())
-        .select_from(db.OutboxMessage)
-        .where(db.OutboxMessage.published_at.is_(None))
-    )
-    return int(result or 0)

@@ -9,7 +9,7 @@ import hashlib
 import shutil
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -179,8 +179,6 @@ class TrainingJobRunner:
             _log.info("resuming from the last uploaded checkpoint", job_id=request.job_id)
         spec = to_train_spec(spec_proto, init_checkpoint=init_checkpoint)
         if spec.device == "auto" and self._default_device != "auto":
-            from dataclasses import replace
-
             spec = replace(spec, device=self._default_device)
 
         loop = asyncio.get_running_loop()
@@ -312,7 +310,3 @@ class TrainingJobRunner:
             await reporter.artifact(ref)
             uploaded[name] = ref
         return uploaded
-
-
-def describe(value: Any) -> str:
-    return str(value)[:2000]
