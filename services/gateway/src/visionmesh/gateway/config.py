@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from pydantic import Field
-from visionmesh.common.settings import ServiceSettings
+from visionmesh.common.settings import NatsSettings, ObjectStoreSettings, ServiceSettings
 
 
-class GatewaySettings(ServiceSettings):
+class GatewaySettings(NatsSettings, ObjectStoreSettings, ServiceSettings):
     """What the gateway needs: its ports, SQL, the event bus, the object store, peers."""
 
     service_name: str = "gateway"
@@ -23,16 +23,9 @@ class GatewaySettings(ServiceSettings):
         description="SQLAlchemy URL (postgresql://... or sqlite:///...); "
         "empty means a SQLite file in the data dir",
     )
-    nats_url: str = Field(description="the NATS JetStream server address (nats://host:4222)")
-    s3_endpoint: str = Field(description="the S3 API endpoint host:port (MinIO, SeaweedFS)")
     s3_public_endpoint: str = Field(
         default="", description="host:port clients use for presigned URLs; default s3_endpoint"
     )
-    s3_access_key: str = Field(description="S3 access key")
-    s3_secret_key: str = Field(description="S3 secret key")
-    s3_bucket: str = Field(default="visionmesh", description="bucket for datasets and artifacts")
-    s3_secure: bool = Field(default=False, description="use HTTPS for S3")
-    s3_region: str = Field(default="us-east-1", description="S3 region")
     training_addr: str = Field(description="the training service's gRPC address (host:port)")
     signing_key_file: Path | None = Field(
         default=None,
@@ -42,6 +35,27 @@ class GatewaySettings(ServiceSettings):
     access_token_ttl_seconds: int = Field(default=3600, gt=0, description="access JWT lifetime")
     open_signup: bool = Field(
         default=False, description="let anyone sign up (otherwise admins only, after the first)"
+    )
+    password_hash_workers: int = Field(
+        default=2,
+        gt=0,
+        description="threads hashing passwords (argon2), apart from the default executor",
+    )
+    password_hash_queue: int = Field(
+        default=32,
+        ge=0,
+        description="password hashes allowed to wait for a thread; beyond, logins get 429",
+    )
+    login_max_failures_per_user: int = Field(
+        default=5, gt=0, description="failed logins per username within the window before 429"
+    )
+    login_max_failures_per_address: int = Field(
+        default=30,
+        gt=0,
+        description="failed logins per client address within the window before 429",
+    )
+    login_failure_window_seconds: float = Field(
+        default=300.0, gt=0, description="how long a failed login counts against user and address"
     )
     dataset_max_bytes: int = Field(
         default=2 * 1024**3, gt=0, description="largest dataset archive accepted"
