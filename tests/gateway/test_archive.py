@@ -15,9 +15,11 @@ from typing import Any
 
 import pytest
 from PIL import Image
+from visionmesh.common.datasets import DatasetManifest, ManifestSplit
 from visionmesh.common.errors import InvalidArgument
 from visionmesh.gateway.core.archive import (
     ARCHIVE_FIELD,
+    MANIFEST_VERSION,
     MAX_VIOLATIONS,
     ArchiveReport,
     ManifestEntry,
@@ -148,11 +150,20 @@ def test_detect_archive_is_counted_and_manifested(tmp_path: Path) -> None:
     ]
     assert report.image_count == 6
     assert report.size_bytes == zip_path.stat().st_size
-    assert report.manifest == sorted(
-        ManifestEntry(str(name), len(data), hashlib.sha256(data).hexdigest())
-        for name, data in entries
+    assert list(report.manifest.files) == sorted(
+        (
+            ManifestEntry(str(name), len(data), hashlib.sha256(data).hexdigest())
+            for name, data in entries
+        ),
+        key=lambda entry: entry.path,
     )
+    assert report.manifest.archive_size == report.size_bytes
+    assert report.manifest.archive_sha256 == hashlib.sha256(zip_path.read_bytes()).hexdigest()
     assert report.manifest_sha256 == hashlib.sha256(manifest_json(report)).hexdigest()
+    assert report.manifest.splits == (
+        ManifestSplit("train", ("images/train",), ("labels/train",)),
+        ManifestSplit("val", ("images/val",), ("labels/val",)),
+    )
 
 
 def test_manifest_json_is_canonical(tmp_path: Path) -> None:
@@ -161,14 +172,18 @@ def test_manifest_json_is_canonical(tmp_path: Path) -> None:
     raw = manifest_json(report)
 
     document = json.loads(raw)
-    assert document["version"] == 1
+    assert document["version"] == MANIFEST_VERSION == 2
+    assert document["format"] == "detect"
+    assert document["root_prefix"] == ""
+    assert document["class_names"] == ["cat", "dog", "bird"]
     assert document["files"][0] == {
         "path": "data.yaml",
         "sha256": hashlib.sha256(DETECT_YAML.encode()).hexdigest(),
         "size": len(DETECT_YAML),
     }
-    assert [f["path"] for f in document["files"]] == [e.path for e in report.manifest]
+    assert [f["path"] for f in document["files"]] == [e.path for e in report.manifest.files]
     assert raw == json.dumps(document, sort_keys=True, separators=(",", ":")).encode("ascii")
+    assert DatasetManifest.from_json(raw) == report.manifest
 
 
 def test_detect_archive_in_a_top_folder_with_names_dict(tmp_path: Path) -> None:
@@ -179,20 +194,22 @@ def test_detect_archive_in_a_top_folder_with_names_dict(tmp_path: Path) -> None:
     assert report.class_names == ["cat", "dog", "bird"]
     assert [s.image_count for s in report.splits] == [4, 2]
     assert report.splits[0].instances_per_class == {"cat": 1, "dog": 3, "bird": 1}
-    assert all(not e.path.startswith("pets-v2") for e in report.manifest)
+    assert all(not e.path.startswith("pets-v2") for e in report.manifest.files)
+    assert report.manifest.root_prefix == "pets-v2/"
     members = dict(iter_manifest(report))
     assert members["pets-v2/data.yaml"].path == "data.yaml"
-    assert len(members) == len(report.manifest)
+    assert len(members) == len(report.manifest.files)
 
 
-def test_wrapping_folder_does_not_change_the_manifest(tmp_path: Path) -> None:
+def test_wrapping_folder_changes_only_the_root_prefix(tmp_path: Path) -> None:
     flat = inspect_archive(write_zip(tmp_path / "flat.zip", detect_entries()), max_bytes=MAX_BYTES)
     wrapped = inspect_archive(
         write_zip(tmp_path / "wrapped.zip", detect_entries("export/")), max_bytes=MAX_BYTES
     )
 
-    assert wrapped.root_prefix == "export/"
-    assert wrapped.manifest_sha256 == flat.manifest_sha256
+    assert wrapped.root_prefix == wrapped.manifest.root_prefix == "export/"
+    assert wrapped.manifest.files == flat.manifest.files
+    assert wrapped.manifest.splits == flat.manifest.splits
 
 
 def test_roboflow_style_detect_layout(tmp_path: Path) -> None:
@@ -213,6 +230,11 @@ def test_roboflow_style_detect_layout(tmp_path: Path) -> None:
         SplitReport("train", 2, {"car": 0, "bus": 2}, background_count=1),
         SplitReport("val", 1, {"car": 1, "bus": 0}, background_count=0),
     ]
+    # The manifest holds the resolved folders, not the YAML's `../train/images`.
+    assert report.manifest.splits == (
+        ManifestSplit("train", ("train/images",), ("train/labels",)),
+        ManifestSplit("val", ("valid/images",), ("valid/labels",)),
+    )
 
 
 def test_classification_folders(tmp_path: Path) -> None:
@@ -226,7 +248,14 @@ def test_classification_folders(tmp_path: Path) -> None:
         SplitReport("val", 3, {"cat": 1, "dog": 2}),
     ]
     assert report.image_count == 6
-    assert [e.path for e in report.manifest] == sorted(str(name) for name, _ in classify_entries())
+    assert [e.path for e in report.manifest.files] == sorted(
+        str(name) for name, _ in classify_entries()
+    )
+    assert report.manifest.format == "classify"
+    assert report.manifest.splits == (
+        ManifestSplit("train", ("train",)),
+        ManifestSplit("val", ("val",)),
+    )
 
 
 def test_classification_in_a_top_folder_with_test_split(tmp_path: Path) -> None:
@@ -254,9 +283,12 @@ def test_manifest_ignores_zip_order_and_compression(tmp_path: Path) -> None:
     )
 
     assert first.size_bytes != second.size_bytes
-    assert manifest_json(first) == manifest_json(second)
-    assert first.manifest_sha256 == second.manifest_sha256
-    assert changed.manifest_sha256 != first.manifest_sha256
+    # The files and layout are the same; the manifest also pins the archive itself.
+    assert first.manifest.files == second.manifest.files
+    assert first.manifest.splits == second.manifest.splits
+    assert first.manifest.archive_sha256 != second.manifest.archive_sha256
+    assert first.manifest_sha256 != second.manifest_sha256
+    assert changed.manifest.files != first.manifest.files
 
 
 def test_desktop_zip_tool_junk_is_ignored(tmp_path: Path) -> None:
@@ -270,7 +302,7 @@ def test_desktop_zip_tool_junk_is_ignored(tmp_path: Path) -> None:
 
     report = inspect(tmp_path, entries)
 
-    assert report.manifest_sha256 == inspect(tmp_path, detect_entries()).manifest_sha256
+    assert report.manifest.files == inspect(tmp_path, detect_entries()).manifest.files
 
 
 def test_decoding_on_one_or_many_threads_agrees(tmp_path: Path) -> None:
