@@ -9,6 +9,8 @@ import hmac
 import json
 import os
 import stat
+import threading
+import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
@@ -16,10 +18,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 import grpc
+import httpx
 import jwt
 import pytest
 from argon2 import PasswordHasher
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from google.rpc import error_details_pb2
 from sqlalchemy import select, update
 from visionmesh.api.gateway.v1 import auth_pb2, auth_pb2_grpc
 from visionmesh.common.auth import (
@@ -36,7 +40,9 @@ from visionmesh.common.errors import (
     InvalidArgument,
     NotFound,
     PermissionDenied,
+    ResourceExhausted,
     Unauthenticated,
+    from_rpc_error,
 )
 from visionmesh.common.rpc import GrpcServer
 from visionmesh.common.settings import ConfigError, ServiceSettings
@@ -52,11 +58,16 @@ from visionmesh.gateway.core.auth import (
     SIGNING_KEY_FILENAME,
     AuthCore,
     GatewayAuthenticator,
+    LoginLimiter,
+    PasswordHashPool,
     as_utc,
+    client_address,
     load_or_create_signing_key,
 )
 from visionmesh.gateway.core.convert_auth import api_key_to_proto, get_me_response
 from visionmesh.gateway.db.models import ApiKey, Base, Tenant, User
+
+from tests.gateway.conftest import GatewayFactory
 
 # Cheap parameters: the tests exercise the rules, not argon2's cost.
 FAST_HASHER = PasswordHasher(time_cost=1, memory_cost=8, parallelism=1)
@@ -889,3 +900,342 @@ async def test_auth_service_over_grpc(core: AuthCore) -> None:
         as_service = (("authorization", f"Bearer {issued.token}"),)
         service_me = await stub.GetMe(auth_pb2.GetMeRequest(), metadata=as_service)
         assert (service_me.credential_kind, service_me.user.id) == ("service", "")
+
+
+# --- login under load: its own hashing threads, failed-login limits ----------------------------
+
+
+class SlowHasher(PasswordHasher):
+    """Verification takes `seconds` of a thread (argon2 at production cost is ~0.1 s)."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(time_cost=1, memory_cost=8, parallelism=1)
+        self.seconds = seconds
+
+    def verify(self, hash: str | bytes, password: str | bytes) -> Literal[True]:
+        time.sleep(self.seconds)
+        return super().verify(hash, password)
+
+
+class BlockedHasher(PasswordHasher):
+    """Verification waits until `release` is set."""
+
+    def __init__(self) -> None:
+        super().__init__(time_cost=1, memory_cost=8, parallelism=1)
+        self.release = threading.Event()
+
+    def verify(self, hash: str | bytes, password: str | bytes) -> Literal[True]:
+        assert self.release.wait(30)
+        return super().verify(hash, password)
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+async def test_a_login_flood_does_not_delay_the_default_executor(
+    db: Database, signing_key: Ed25519PrivateKey
+) -> None:
+    """S3 calls and readiness checks run on the loop's default executor; 50 logins in flight
+    (5 s of hashing) must not queue ahead of them there."""
+    core = AuthCore(
+        db=db,
+        signing_key=signing_key,
+        password_hasher=SlowHasher(0.1),
+        hash_pool=PasswordHashPool(workers=4, queue=64),
+    )
+    loop = asyncio.get_running_loop()
+    logins = [
+        asyncio.create_task(core.login(username=f"nobody-{i}", password="guess-123"))
+        for i in range(50)
+    ]
+    await asyncio.sleep(0.3)  # every login has looked its user up and is hashing or queued
+
+    started = time.perf_counter()
+    await loop.run_in_executor(None, lambda: None)
+    waited = time.perf_counter() - started
+
+    assert not all(task.done() for task in logins)
+    results = await asyncio.gather(*logins, return_exceptions=True)
+    assert waited < 0.25, f"a default-executor call waited {waited:.2f}s behind the logins"
+    assert all(isinstance(r, Unauthenticated) for r in results), results
+    core.close()
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+async def test_hashes_beyond_the_pool_queue_are_refused_at_once(
+    db: Database, signing_key: Ed25519PrivateKey
+) -> None:
+    hasher = BlockedHasher()
+    core = AuthCore(
+        db=db,
+        signing_key=signing_key,
+        password_hasher=hasher,
+        hash_pool=PasswordHashPool(workers=1, queue=2),
+    )
+    logins = [
+        asyncio.create_task(core.login(username=f"nobody-{i}", password="guess-123"))
+        for i in range(5)
+    ]
+    try:
+        # One hash runs and two wait; the other two logins are answered without waiting.
+        refused: list[asyncio.Task[tuple[str, int]]] = []
+        async with asyncio.timeout(10):
+            while len(refused) < 2:
+                await asyncio.sleep(0.01)
+                refused = [task for task in logins if task.done()]
+        await asyncio.sleep(0.1)
+        assert len([task for task in logins if task.done()]) == 2
+        for task in refused:
+            error = task.exception()
+            assert isinstance(error, ResourceExhausted), error
+            assert error.reason == "LOGIN_BUSY"
+            assert error.metadata["retry_after_seconds"] == "1"
+    finally:
+        hasher.release.set()
+    results = await asyncio.gather(*logins, return_exceptions=True)
+    assert sum(isinstance(r, Unauthenticated) for r in results) == 3
+    # The slots came back: a login is served again.
+    with pytest.raises(Unauthenticated):
+        await core.login(username="nobody-else", password="guess-123")
+    core.close()
+
+
+def _retry_delay(error: ResourceExhausted) -> int:
+    [info] = [d for d in error.detail_messages() if isinstance(d, error_details_pb2.RetryInfo)]
+    return int(info.retry_delay.seconds)
+
+
+async def test_failed_logins_per_user_are_limited_until_the_window_passes(
+    db: Database, signing_key: Ed25519PrivateKey
+) -> None:
+    """Seen: 40 wrong passwords in a row for one user, all answered 401."""
+    clock = Clock()
+    hasher = CountingHasher(time_cost=1, memory_cost=8, parallelism=1)
+    core = AuthCore(
+        db=db,
+        signing_key=signing_key,
+        password_hasher=hasher,
+        login_limiter=LoginLimiter(max_failures_per_user=5, window_seconds=300),
+        clock=clock,
+    )
+    _, admin = await bootstrap(core)
+    await add_user(core, admin, "member1")
+
+    for _ in range(5):
+        with pytest.raises(Unauthenticated):
+            await core.login(username="root", password="wrong", client_address="10.0.0.1")
+        clock.advance(seconds=10)
+    hasher.verifications = 0
+    for password in ("wrong", PASSWORD):  # the right password too: no oracle for a guesser
+        with pytest.raises(ResourceExhausted) as throttled:
+            await core.login(username="root", password=password, client_address="10.0.0.2")
+        assert throttled.value.reason == "LOGIN_THROTTLED"
+        # The first failure (50 s ago) leaves the 300 s window in 250 s.
+        assert _retry_delay(throttled.value) == 250
+        assert throttled.value.metadata["retry_after_seconds"] == "250"
+    assert hasher.verifications == 0  # refused before any hashing
+
+    # Another user, from the same address, is not affected.
+    await core.login(username="member1", password=PASSWORD, client_address="10.0.0.1")
+
+    clock.advance(seconds=250)
+    token, _ = await core.login(username="root", password=PASSWORD, client_address="10.0.0.1")
+    assert token
+    # Success cleared the username's failures: a typo now is a plain 401 again.
+    with pytest.raises(Unauthenticated):
+        await core.login(username="root", password="wrong")
+
+
+async def test_failed_logins_per_address_are_limited(
+    db: Database, signing_key: Ed25519PrivateKey
+) -> None:
+    clock = Clock()
+    core = AuthCore(
+        db=db,
+        signing_key=signing_key,
+        password_hasher=FAST_HASHER,
+        login_limiter=LoginLimiter(max_failures_per_address=8, window_seconds=60),
+        clock=clock,
+    )
+    await bootstrap(core)
+    # Spraying one guess at many usernames: each username stays under its own limit.
+    for i in range(8):
+        with pytest.raises(Unauthenticated):
+            await core.login(username=f"user{i}", password="guess", client_address="10.0.0.9")
+
+    with pytest.raises(ResourceExhausted) as throttled:
+        await core.login(username="root", password=PASSWORD, client_address="10.0.0.9")
+    assert throttled.value.reason == "LOGIN_THROTTLED"
+    assert _retry_delay(throttled.value) == 60
+    await core.login(username="root", password=PASSWORD, client_address="10.0.0.10")
+    await core.login(username="root", password=PASSWORD)
+    # A valid account does not reset the address's count.
+    with pytest.raises(ResourceExhausted):
+        await core.login(username="root", password=PASSWORD, client_address="10.0.0.9")
+
+    clock.advance(seconds=61)
+    await core.login(username="root", password=PASSWORD, client_address="10.0.0.9")
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+async def test_concurrent_guesses_cannot_slip_past_the_limit(
+    db: Database, signing_key: Ed25519PrivateKey
+) -> None:
+    core = AuthCore(
+        db=db,
+        signing_key=signing_key,
+        password_hasher=SlowHasher(0.05),
+        login_limiter=LoginLimiter(max_failures_per_user=5),
+    )
+    await bootstrap(core)
+    results = await asyncio.gather(
+        *(core.login(username="root", password=f"guess-{i}") for i in range(20)),
+        return_exceptions=True,
+    )
+    assert sum(isinstance(r, Unauthenticated) for r in results) == 5
+    assert sum(isinstance(r, ResourceExhausted) for r in results) == 15
+    core.close()
+
+
+@pytest.mark.parametrize(
+    ("peer", "address"),
+    [
+        ("ipv4:10.1.2.3:5000", "10.1.2.3"),
+        ("ipv6:[::1]:5000", "::1"),
+        ("ipv6:%5B::1%5D:5000", "::1"),
+        ("ipv6:[2001:db8:1:2:a:b:c:d]:443", "2001:db8:1:2::/64"),
+        ("ipv6:[::ffff:10.0.0.1]:80", "10.0.0.1"),
+        ("unix:/tmp/gateway.sock", None),
+        ("unknown", None),
+        ("ipv4:not-an-ip:1", None),
+    ],
+)
+def test_client_address_from_a_peer(peer: str, address: str | None) -> None:
+    assert client_address(peer) == address
+
+
+def test_limiter_forgets_the_oldest_keys_beyond_its_bound() -> None:
+    limiter = LoginLimiter(max_failures_per_user=1, window_seconds=60, max_tracked=3)
+    for name in ("a", "b", "c", "d"):
+        keys = limiter.keys(name, None)
+        limiter.begin(keys, 0.0)
+        limiter.end(keys, 0.0, outcome="failed")
+    limiter.begin(limiter.keys("a", None), 1.0)  # forgotten, so admitted again
+    with pytest.raises(ResourceExhausted):
+        limiter.begin(limiter.keys("d", None), 1.0)
+
+
+async def test_login_limits_over_grpc(db: Database, signing_key: Ed25519PrivateKey) -> None:
+    """Over gRPC the client address is the peer's: 127.0.0.1 and ::1 are two clients."""
+    clock = Clock()
+    core = AuthCore(
+        db=db,
+        signing_key=signing_key,
+        password_hasher=FAST_HASHER,
+        login_limiter=LoginLimiter(
+            max_failures_per_user=3, max_failures_per_address=5, window_seconds=60
+        ),
+        clock=clock,
+    )
+    _, admin = await bootstrap(core)
+    await add_user(core, admin, "member1")
+    # "localhost" binds the IPv4 and the IPv6 loopback address.
+    server = GrpcServer(
+        settings=ServiceSettings(service_name="gateway-test", grpc_port=0, grpc_host="localhost"),
+        authenticator=core.authenticator(),
+    )
+    server.add_service(
+        auth_pb2_grpc.add_AuthServiceServicer_to_server,
+        AuthServicer(core),
+        service_name=SERVICE_NAME,
+    )
+    async with (
+        server,
+        grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as v4_channel,
+        grpc.aio.insecure_channel(f"[::1]:{server.port}") as v6_channel,
+    ):
+        v4, v6 = (
+            auth_pb2_grpc.AuthServiceStub(v4_channel),
+            auth_pb2_grpc.AuthServiceStub(v6_channel),
+        )
+
+        async def login(stub: Any, username: str, password: str) -> grpc.StatusCode:
+            try:
+                await stub.Login(auth_pb2.LoginRequest(username=username, password=password))
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
+                    error = from_rpc_error(exc)
+                    assert error.reason == "LOGIN_THROTTLED"
+                    assert any(
+                        isinstance(d, error_details_pb2.RetryInfo) and d.retry_delay.seconds > 0
+                        for d in error.rpc_details
+                    )
+                return exc.code()
+            return grpc.StatusCode.OK
+
+        for _ in range(3):
+            assert await login(v4, "root", "wrong") == grpc.StatusCode.UNAUTHENTICATED
+        # The username is limited from every address; other users are not.
+        assert await login(v4, "root", PASSWORD) == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert await login(v6, "root", PASSWORD) == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert await login(v4, "member1", PASSWORD) == grpc.StatusCode.OK
+
+        # Two more failures from 127.0.0.1 exhaust that address, not ::1.
+        for name in ("nobody1", "nobody2"):
+            assert await login(v4, name, "wrong") == grpc.StatusCode.UNAUTHENTICATED
+        assert await login(v4, "member1", PASSWORD) == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert await login(v6, "member1", PASSWORD) == grpc.StatusCode.OK
+
+        clock.advance(seconds=61)
+        assert await login(v4, "root", PASSWORD) == grpc.StatusCode.OK
+        assert await login(v4, "member1", PASSWORD) == grpc.StatusCode.OK
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+async def test_login_limits_over_rest(
+    make_gateway: GatewayFactory, nats_server: Any, database_url: str
+) -> None:
+    """Over REST the client address is the TCP peer's (127.0.0.1 and 127.0.0.2 here)."""
+    harness = await make_gateway(
+        nats_url=nats_server.url,
+        database_url=database_url,
+        open_signup=True,
+        login_max_failures_per_user=3,
+        login_max_failures_per_address=5,
+        login_failure_window_seconds=4,
+    )
+    for username in ("root", "member1"):
+        async with harness.http() as client:
+            signed = await client.post(
+                "/v1/auth/signup", json={"username": username, "password": PASSWORD}
+            )
+            assert signed.status_code == 200, signed.text
+
+    def client_from(source: str) -> httpx.AsyncClient:
+        transport = httpx.AsyncHTTPTransport(local_address=source)
+        return httpx.AsyncClient(base_url=harness.rest_url, transport=transport, timeout=30)
+
+    async with client_from("127.0.0.1") as one, client_from("127.0.0.2") as two:
+
+        async def login(client: httpx.AsyncClient, username: str, password: str) -> httpx.Response:
+            return await client.post(
+                "/v1/auth/login", json={"username": username, "password": password}
+            )
+
+        for _ in range(3):
+            assert (await login(one, "root", "wrong")).status_code == 401
+        throttled = await login(two, "root", PASSWORD)
+        assert throttled.status_code == 429, throttled.text
+        body = throttled.json()
+        assert body["status"] == "RESOURCE_EXHAUSTED"
+        assert 1 <= int(throttled.headers["retry-after"]) <= 4
+        assert any(d["@type"].endswith("google.rpc.RetryInfo") for d in body["details"])
+        assert (await login(one, "member1", PASSWORD)).status_code == 200
+
+        for name in ("nobody1", "nobody2"):
+            assert (await login(one, name, "wrong")).status_code == 401
+        by_address = await login(one, "member1", PASSWORD)
+        assert by_address.status_code == 429, by_address.text
+        assert (await login(two, "member1", PASSWORD)).status_code == 200
+
+        # Once the hinted time has passed, the oldest failure has left the window.
+        await asyncio.sleep(int(by_address.headers["retry-after"]) + 0.1)
+        assert (await login(one, "root", PASSWORD)).status_code == 200

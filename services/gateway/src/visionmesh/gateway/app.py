@@ -90,12 +90,7 @@ class Gateway:
         )
         self.bus = EventBus(servers=settings.nats_url, name=f"gateway-{os.getpid()}")
         signing_key = load_or_create_signing_key(settings)
-        self.auth = AuthCore(
-            db=self.db,
-            signing_key=signing_key,
-            access_token_ttl_seconds=settings.access_token_ttl_seconds,
-            open_signup=settings.open_signup,
-        )
+        self.auth = AuthCore.from_settings(settings, db=self.db, signing_key=signing_key)
         self.watchers = JobWatchers()
         self.relay = OutboxRelay(
             db=self.db,
@@ -222,6 +217,7 @@ class Gateway:
         await self.training.close()
         await self.bus.close()
         self.store.close()
+        self.auth.close()
         await self.db.dispose()
 
     async def __aenter__(self) -> Self:

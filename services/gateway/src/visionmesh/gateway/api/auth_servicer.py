@@ -6,7 +6,7 @@ from typing import Any
 
 import grpc
 from visionmesh.api.gateway.v1 import auth_pb2, auth_pb2_grpc
-from visionmesh.gateway.core.auth import AuthCore
+from visionmesh.gateway.core.auth import AuthCore, client_address
 from visionmesh.gateway.core.convert_auth import (
     api_key_to_proto,
     get_me_response,
@@ -42,7 +42,9 @@ class AuthServicer(auth_pb2_grpc.AuthServiceServicer):  # type: ignore[misc]
         self, request: auth_pb2.LoginRequest, context: Context
     ) -> auth_pb2.LoginResponse:
         token, expires_in = await self._core.login(
-            username=request.username, password=request.password
+            username=request.username,
+            password=request.password,
+            client_address=client_address(context.peer()),
         )
         return auth_pb2.LoginResponse(
             access_token=token, expires_in=expires_in, token_type="Bearer"

@@ -4,20 +4,29 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import ipaddress
+import math
 import os
 import secrets
 import stat
+import threading
 import time
 import uuid
+from collections import OrderedDict, deque
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, TypeVar
+from urllib.parse import unquote
 
 import jwt
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from google.protobuf.duration_pb2 import Duration
+from google.protobuf.message import Message
+from google.rpc import error_details_pb2
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from visionmesh.common.auth import (
@@ -38,6 +47,7 @@ from visionmesh.common.errors import (
     InvalidArgument,
     NotFound,
     PermissionDenied,
+    ResourceExhausted,
     Unauthenticated,
 )
 from visionmesh.common.logging import get_logger
@@ -58,9 +68,13 @@ __all__ = [
     "SIGN_UP_METHOD",
     "AuthCore",
     "GatewayAuthenticator",
+    "LoginLimiter",
     "Me",
+    "PasswordHashPool",
+    "RetryLater",
     "UserRole",
     "as_utc",
+    "client_address",
     "hash_api_key",
     "load_or_create_signing_key",
 ]
@@ -96,6 +110,8 @@ _BAD_LOGIN = "invalid username or password"
 
 _log = get_logger("visionmesh.gateway.auth")
 
+_T = TypeVar("_T")
+
 
 def _utcnow() -> datetime:
     return datetime.now(UTC)
@@ -129,6 +145,191 @@ class Me:
         return self.principal.kind
 
 
+class RetryLater(ResourceExhausted):
+    """RESOURCE_EXHAUSTED (HTTP 429) with a hint when to try again.
+
+    The hint travels as a `google.rpc.RetryInfo` detail and as the ErrorInfo metadata
+    `retry_after_seconds` (which the REST layer also sends as a `Retry-After` header).
+    """
+
+    def __init__(self, message: str, *, retry_after_seconds: float, reason: str) -> None:
+        seconds = max(1, math.ceil(retry_after_seconds))
+        super().__init__(
+            f"{message}; retry in {seconds}s",
+            reason=reason,
+            metadata={"retry_after_seconds": str(seconds)},
+        )
+        self.retry_after_seconds = seconds
+
+    def _extra_details(self) -> list[Message]:
+        return [error_details_pb2.RetryInfo(retry_delay=Duration(seconds=self.retry_after_seconds))]
+
+
+class PasswordHashPool:
+    """Argon2 on a few threads of its own, with a bounded number of hashes waiting.
+
+    Hashing is slow and memory-hard by design. On the event loop's default executor (which
+    every S3 call and `asyncio.to_thread` use) a flood of logins would queue ahead of them
+    and starve storage and readiness checks. Here at most `workers` hashes run at a time
+    and at most `queue` more wait; beyond that a call is refused with RESOURCE_EXHAUSTED
+    at once instead of queueing without bound.
+    """
+
+    def __init__(self, *, workers: int = 2, queue: int = 32) -> None:
+        if workers <= 0 or queue < 0:
+            raise ValueError("workers must be positive and queue non-negative")
+        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="password-hash")
+        # Released when the hash is done (or cancelled before it started), not when the
+        # awaiting coroutine goes away: a cancelled request's hash still occupies a thread.
+        self._slots = threading.BoundedSemaphore(workers + queue)
+
+    async def run(self, function: Callable[..., _T], *args: Any) -> _T:
+        if not self._slots.acquire(blocking=False):
+            raise RetryLater(
+                "too many logins in progress", retry_after_seconds=1, reason="LOGIN_BUSY"
+            )
+        try:
+            future = self._executor.submit(function, *args)
+        except BaseException:
+            self._slots.release()
+            raise
+        future.add_done_callback(lambda _: self._slots.release())
+        return await asyncio.wrap_future(future)
+
+    def close(self) -> None:
+        """Stops the threads once running hashes finish; waiting ones are cancelled."""
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+@dataclass(slots=True)
+class _Attempts:
+    failures: deque[float] = field(default_factory=deque)
+    in_flight: int = 0
+
+
+_LimitKey = tuple[Literal["user", "address"], str]
+
+
+class LoginLimiter:
+    """Counts failed logins per username and per client address over a sliding window.
+
+    A key with `max_failures` failures (plus attempts still being checked, so that a burst
+    of concurrent guesses cannot slip past the count) within `window_seconds` is refused
+    with RESOURCE_EXHAUSTED before its password is even hashed, the right password too,
+    until its oldest counted failure leaves the window. A successful login clears the
+    username's failures (not the address's: one valid account must not reset the count of
+    an address guessing at others). State is per process and bounded: at most
+    `max_tracked` keys, the least recently used ones are forgotten first.
+    """
+
+    def __init__(
+        self,
+        *,
+        max_failures_per_user: int = 5,
+        max_failures_per_address: int = 30,
+        window_seconds: float = 300.0,
+        max_tracked: int = 100_000,
+    ) -> None:
+        if min(max_failures_per_user, max_failures_per_address) <= 0 or window_seconds <= 0:
+            raise ValueError("login limits and window must be positive")
+        self._limits = {"user": max_failures_per_user, "address": max_failures_per_address}
+        self._window = window_seconds
+        self._max_tracked = max_tracked
+        self._entries: OrderedDict[_LimitKey, _Attempts] = OrderedDict()
+
+    @staticmethod
+    def keys(username: str, address: str | None) -> list[_LimitKey]:
+        # Usernames longer than any valid one (64) cannot exist: no need to keep them whole.
+        keys: list[_LimitKey] = [("user", username[:65])]
+        if address:
+            keys.append(("address", address))
+        return keys
+
+    def begin(self, keys: list[_LimitKey], now: float) -> None:
+        """Admits one attempt for every key, or raises RetryLater naming the wait."""
+        wait = 0.0
+        blocked: str | None = None
+        for key in keys:
+            entry = self._entries.get(key)
+            if entry is None:
+                continue
+            self._expire(entry, now)
+            limit = self._limits[key[0]]
+            if len(entry.failures) >= limit:
+                # Admitted again once enough failures have left the window.
+                until = entry.failures[len(entry.failures) - limit] + self._window - now
+            elif len(entry.failures) + entry.in_flight >= limit:
+                until = 1.0
+            else:
+                continue
+            if until > wait:
+                wait, blocked = until, key[0]
+        if blocked is not None:
+            _log.warning("login throttled", by=blocked, retry_after_seconds=math.ceil(wait))
+            raise RetryLater(
+                f"too many failed logins for this {'username' if blocked == 'user' else 'address'}",
+                retry_after_seconds=wait,
+                reason="LOGIN_THROTTLED",
+            )
+        for key in keys:
+            entry = self._entries.get(key)
+            if entry is None:
+                entry = self._entries[key] = _Attempts()
+                while len(self._entries) > self._max_tracked:
+                    self._entries.popitem(last=False)
+            else:
+                self._entries.move_to_end(key)
+            entry.in_flight += 1
+
+    def end(
+        self, keys: list[_LimitKey], now: float, *, outcome: Literal["failed", "ok", "none"]
+    ) -> None:
+        """Ends an attempt `begin` admitted; "none" (e.g. refused as busy) counts nothing."""
+        for key in keys:
+            entry = self._entries.get(key)
+            if entry is None:  # forgotten meanwhile (max_tracked)
+                continue
+            entry.in_flight = max(0, entry.in_flight - 1)
+            if outcome == "failed":
+                entry.failures.append(now)
+            elif outcome == "ok" and key[0] == "user":
+                entry.failures.clear()
+            self._expire(entry, now)
+            if not entry.failures and not entry.in_flight:
+                del self._entries[key]
+
+    def _expire(self, entry: _Attempts, now: float) -> None:
+        horizon = now - self._window
+        while entry.failures and entry.failures[0] <= horizon:
+            entry.failures.popleft()
+
+
+def client_address(peer: str) -> str | None:
+    """The client's address from a gRPC peer string, for per-address login limits.
+
+    `ipv4:10.0.0.7:5000` -> `10.0.0.7`; IPv6 clients by their /64 (one host usually holds
+    a whole /64), `ipv6:[2001:db8::1]:5000` -> `2001:db8::/64`; IPv4-mapped IPv6 as IPv4;
+    loopback `::1` as itself. None for unix sockets and unknown peers.
+    """
+    kind, _, rest = unquote(peer).partition(":")
+    if kind == "ipv4":
+        host = rest.rpartition(":")[0]
+    elif kind == "ipv6":
+        host = rest.rpartition(":")[0].strip("[]").split("%")[0]
+    else:
+        return None
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return None
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        if not ip.is_loopback:
+            return str(ipaddress.IPv6Network((ip, 64), strict=False))
+    return str(ip)
+
+
 class AuthCore:
     """Sign-up, login, API keys and service tokens, independent of any transport.
 
@@ -145,6 +346,8 @@ class AuthCore:
         open_signup: bool = False,
         issuer: str = ISSUER,
         password_hasher: PasswordHasher | None = None,
+        hash_pool: PasswordHashPool | None = None,
+        login_limiter: LoginLimiter | None = None,
         clock: Callable[[], datetime] = _utcnow,
     ) -> None:
         if access_token_ttl_seconds <= 0:
@@ -156,6 +359,8 @@ class AuthCore:
         self._open_signup = open_signup
         self._issuer = issuer
         self._hasher = password_hasher if password_hasher is not None else PasswordHasher()
+        self._hash_pool = hash_pool if hash_pool is not None else PasswordHashPool()
+        self._limiter = login_limiter if login_limiter is not None else LoginLimiter()
         self._clock = clock
         self._signer = ServiceTokenSigner(private_key=signing_key, issuer=issuer)
         # Verified against for unknown usernames so that they cost what a wrong password
@@ -163,13 +368,32 @@ class AuthCore:
         self._dummy_hash = self._hasher.hash(secrets.token_urlsafe(16))
 
     @classmethod
-    def from_settings(cls, settings: GatewaySettings, *, db: Database) -> AuthCore:
+    def from_settings(
+        cls,
+        settings: GatewaySettings,
+        *,
+        db: Database,
+        signing_key: Ed25519PrivateKey | None = None,
+    ) -> AuthCore:
+        """The core as configured; `signing_key` defaults to `load_or_create_signing_key`."""
         return cls(
             db=db,
-            signing_key=load_or_create_signing_key(settings),
+            signing_key=signing_key or load_or_create_signing_key(settings),
             access_token_ttl_seconds=settings.access_token_ttl_seconds,
             open_signup=settings.open_signup,
+            hash_pool=PasswordHashPool(
+                workers=settings.password_hash_workers, queue=settings.password_hash_queue
+            ),
+            login_limiter=LoginLimiter(
+                max_failures_per_user=settings.login_max_failures_per_user,
+                max_failures_per_address=settings.login_max_failures_per_address,
+                window_seconds=settings.login_failure_window_seconds,
+            ),
         )
+
+    def close(self) -> None:
+        """Releases the password-hashing threads."""
+        self._hash_pool.close()
 
     @property
     def public_key(self) -> Ed25519PublicKey:
@@ -232,7 +456,7 @@ class AuthCore:
             if bootstrap and await self._has_users():
                 raise _sign_up_closed()
 
-        password_hash = await asyncio.to_thread(self._hasher.hash, password)
+        password_hash = await self._hash_pool.run(self._hasher.hash, password)
         now = self._clock()
         async with self._db.session() as session:
             taken = await session.scalar(select(User.id).where(User.username == username))
@@ -281,18 +505,42 @@ class AuthCore:
         async with self._db.session() as session:
             return await session.scalar(select(User.id).limit(1)) is not None
 
-    async def login(self, *, username: str, password: str) -> tuple[str, int]:
-        """An access JWT and its lifetime in seconds; UNAUTHENTICATED on any mismatch."""
+    async def login(
+        self, *, username: str, password: str, client_address: str | None = None
+    ) -> tuple[str, int]:
+        """An access JWT and its lifetime in seconds; UNAUTHENTICATED on any mismatch.
+
+        RESOURCE_EXHAUSTED (with a retry delay) after too many failed logins for the
+        username or from `client_address` (see LoginLimiter), and when too many password
+        hashes are in progress already (see PasswordHashPool).
+        """
+        keys = self._limiter.keys(username, client_address)
+        self._limiter.begin(keys, self._clock().timestamp())
+        outcome: Literal["failed", "ok", "none"] = "none"
+        try:
+            user = await self._check_password(username, password)
+            outcome = "ok" if user is not None else "failed"
+        finally:
+            self._limiter.end(keys, self._clock().timestamp(), outcome=outcome)
+        if user is None:
+            raise Unauthenticated(_BAD_LOGIN, reason="INVALID_CREDENTIALS")
+        return self._access_token(user), self._access_token_ttl
+
+    async def _check_password(self, username: str, password: str) -> User | None:
+        """The user when the password is theirs; None for an unknown user or a wrong one."""
         async with self._db.session() as session:
             user = await session.scalar(select(User).where(User.username == username))
-        # Argon2 runs outside the transaction (and off the event loop): it is slow by design.
+        # Argon2 runs outside the transaction, on its own threads: it is slow by design.
         if user is None:
-            await asyncio.to_thread(self._verify, self._dummy_hash, password)
-            raise Unauthenticated(_BAD_LOGIN, reason="INVALID_CREDENTIALS")
-        if not await asyncio.to_thread(self._verify, user.password_hash, password):
-            raise Unauthenticated(_BAD_LOGIN, reason="INVALID_CREDENTIALS")
+            await self._hash_pool.run(self._verify, self._dummy_hash, password)
+            return None
+        if not await self._hash_pool.run(self._verify, user.password_hash, password):
+            return None
         if self._hasher.check_needs_rehash(user.password_hash):
-            new_hash = await asyncio.to_thread(self._hasher.hash, password)
+            try:
+                new_hash = await self._hash_pool.run(self._hasher.hash, password)
+            except RetryLater:
+                return user  # busy: the next login rehashes
             async with self._db.session() as session:
                 # Conditional, so a password changed meanwhile is never overwritten.
                 await session.execute(
@@ -300,7 +548,7 @@ class AuthCore:
                     .where(User.id == user.id, User.password_hash == user.password_hash)
                     .values(password_hash=new_hash)
                 )
-        return self._access_token(user), self._access_token_ttl
+        return user
 
     def _verify(self, password_hash: str, password: str) -> bool:
         try:

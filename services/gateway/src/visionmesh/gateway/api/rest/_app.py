@@ -658,6 +658,8 @@ async def _send_error(
     headers = [(b"x-request-id", request_id.encode())] if request_id else []
     if isinstance(error, Unauthenticated):
         headers.append((b"www-authenticate", b"Bearer"))
+    if isinstance(error, ResourceExhausted) and "retry_after_seconds" in error.metadata:
+        headers.append((b"retry-after", error.metadata["retry_after_seconds"].encode()))
     if allowed:
         headers.append((b"allow", ", ".join(allowed).encode()))
     await _send(send, error.http_status, _dumps(body), [_JSON, *headers])
