@@ -1,8 +1,10 @@
 """Shared fixtures: real nats-server and SeaweedFS processes, object stores, database URLs.
 
 Servers are session-scoped and start only when a test first asks for them, so test runs
-that need neither pay nothing. PostgreSQL is used when one answers (CI has one on
-127.0.0.1:5432); set VISIONMESH_TEST_POSTGRES_URL to point elsewhere.
+that need neither pay nothing. PostgreSQL is used when one answers on 127.0.0.1:5432 (set
+VISIONMESH_TEST_POSTGRES_URL to point elsewhere); on a developer machine without one its
+tests are skipped, but under CI (`CI=true`) an unreachable PostgreSQL fails them: CI has one,
+and a suite that quietly skipped half its database tests would pass for the wrong reason.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
 
 import asyncpg
@@ -86,15 +88,44 @@ async def object_store(object_store_config: ObjectStoreConfig) -> AsyncIterator[
         store.close()
 
 
-@pytest_asyncio.fixture(scope="session", loop_scope="session")
-async def postgres_server_url() -> str | None:
-    """A PostgreSQL URL (sync form) whose user may CREATE DATABASE, or None."""
-    override = os.environ.get(POSTGRES_URL_ENV)
-    for candidate in (override,) if override else _POSTGRES_CANDIDATES:
-        url = await postgres_url_if_reachable(candidate)
+def running_in_ci(environ: Mapping[str, str] = os.environ) -> bool:
+    """`CI` is set to a true value, as GitHub Actions, GitLab CI and most others do."""
+    return environ.get("CI", "").strip().lower() in ("true", "1", "yes")
+
+
+class PostgresRequired(RuntimeError):
+    """Under CI, no PostgreSQL answered: its tests must fail, not skip."""
+
+
+async def detect_postgres_url(
+    candidates: Sequence[str], *, required: bool, connect_timeout: float = 1.0
+) -> str | None:
+    """The first candidate URL that answers and whose user may CREATE DATABASE.
+
+    None when there is none, unless `required`: then PostgresRequired says what was tried.
+    """
+    for candidate in candidates:
+        url = await postgres_url_if_reachable(candidate, timeout=connect_timeout)
         if url is not None and await _can_create_database(url):
             return url
+    if required:
+        tried = ", ".join(make_url(c).render_as_string(hide_password=True) for c in candidates)
+        raise PostgresRequired(
+            f"CI is set but no PostgreSQL that may CREATE DATABASE answered (tried {tried}); "
+            f"start one or set {POSTGRES_URL_ENV}: PostgreSQL tests must not skip in CI"
+        )
     return None
+
+
+@pytest_asyncio.fixture(scope="session", loop_scope="session")
+async def postgres_server_url() -> str | None:
+    """A PostgreSQL URL (sync form) whose user may CREATE DATABASE, or None (never under CI)."""
+    override = os.environ.get(POSTGRES_URL_ENV)
+    candidates = (override,) if override else _POSTGRES_CANDIDATES
+    try:
+        return await detect_postgres_url(candidates, required=running_in_ci())
+    except PostgresRequired as exc:
+        pytest.fail(str(exc), pytrace=False)
 
 
 async def _can_create_database(url: str) -> bool:
