@@ -1,4 +1,9 @@
-"""Detects a reachable PostgreSQL server (tests and `make up` use one when present)."""
+"""Detects a reachable PostgreSQL server.
+
+The test suite (tests/conftest.py) runs its database tests on PostgreSQL when one answers,
+and under CI requires one. Nothing else calls this: `make up` (visionmesh.stack) runs the
+gateway on SQLite and never starts or looks for PostgreSQL.
+"""
 
 from __future__ import annotations
 
@@ -15,7 +20,10 @@ async def postgres_url_if_reachable(
     *,
     timeout: float = 1.0,  # noqa: ASYNC109 - bounds the connect handshake, not the caller
 ) -> str | None:
-    """Returns `url` if a connection and `SELECT 1` succeed within `timeout`, else None."""
+    """Returns `url` if a connection and then `SELECT 1` succeed, else None.
+
+    Each step gets `timeout` seconds, so a dead or silent server costs at most twice that.
+    """
     parsed = make_url(url)
     try:
         conn = await asyncio.wait_for(
