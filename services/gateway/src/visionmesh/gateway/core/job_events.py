@@ -27,6 +27,29 @@ def _event_time(event: events_pb2.JobEvent) -> datetime:
     return event.time.ToDatetime(tzinfo=now().tzinfo) if event.HasField("time") else now()
 
 
+def _owned_key(job: db.Job, key: str) -> bool:
+    """True when `key` lies under the job's own artifact prefix, without path tricks.
+
+    Workers report keys and the gateway presigns them for the job's tenant, so a key
+    outside `jobs/{job.id}/` (the prefix JobsCore hands the worker) would let a worker, or
+    whoever can publish job events, expose any object in the bucket: another tenant's
+    dataset or model. Empty, `.` and `..` segments are refused, as are backslashes and
+    control characters, since clients and proxies may normalise them into another key.
+    """
+    prefix = f"jobs/{job.id}/"
+    rest = key.removeprefix(prefix)
+    ok = (
+        key.startswith(prefix)
+        and bool(rest)
+        and "\\" not in rest
+        and all(char.isprintable() for char in rest)
+        and all(part not in ("", ".", "..") for part in rest.split("/"))
+    )
+    if not ok:
+        _log.warning("artifact key outside the job's prefix refused", job_id=job.id, key=key)
+    return ok
+
+
 class JobEventApplier:
     """Idempotent: an event is keyed by (job, attempt, worker sequence) and applied once."""
 
@@ -52,8 +75,7 @@ class JobEventApplier:
             )
             if seen is not None:
                 return False
-            if event.attempt < job.attempts:
-                _log.info("event from a superseded attempt dropped", job_id=job.id)
+            if not self._current_attempt(job, event):
                 return False
             update = await self._update(session, job, event)
             if update is None:
@@ -62,6 +84,27 @@ class JobEventApplier:
                 session, job, source_key=source_key, event=update, at=_event_time(event)
             )
         self._watchers.notify(event.job_id)
+        return True
+
+    @staticmethod
+    def _current_attempt(job: db.Job, event: events_pb2.JobEvent) -> bool:
+        """Fencing: True when `event` comes from the job's current attempt (and makes it so).
+
+        A redelivered job can have two live workers; once a newer attempt has reported
+        anything, the older one's events (state, metrics, artifacts, models) are dropped.
+        A finished job belongs to the attempt that finished it: a newer attempt that shows
+        up afterwards is dropped too, while the finishing attempt's late events (artifacts
+        and metrics delivered after its outcome) still land.
+        """
+        if event.attempt < job.attempts:
+            _log.info("event from a superseded attempt dropped", job_id=job.id)
+            return False
+        if job.state in states.TERMINAL:
+            if event.attempt != job.attempts:
+                _log.info("event from another attempt of a finished job dropped", job_id=job.id)
+                return False
+            return True
+        job.attempts = event.attempt
         return True
 
     async def _update(
@@ -94,9 +137,13 @@ class JobEventApplier:
                 metrics=jobs_pb2.MetricBatch(points=event.metrics.points)
             )
         if kind == "artifact":
+            if not _owned_key(job, event.artifact.artifact.key):
+                return None
             row = await self._upsert_artifact(session, job, event.artifact.artifact, at)
             return jobs_pb2.WatchJobResponse(artifact=convert.artifact(row))
         if kind == "model_trained":
+            if not _owned_key(job, event.model_trained.checkpoint.key):
+                return None
             version = await self._register(session, job, event.model_trained, at)
             return jobs_pb2.WatchJobResponse(model_version_id=version.id)
         _log.warning("event without payload dropped", job_id=job.id)
@@ -107,20 +154,20 @@ class JobEventApplier:
     ) -> jobs_pb2.WatchJobResponse | None:
         change = event.state_changed
         new = change.state
-        if new == states.RUNNING:
-            job.attempts = max(job.attempts, event.attempt)
-            job.started_at = job.started_at or at
-            if job.state == states.CANCELLING:
-                return None  # a redelivered cancelling job keeps CANCELLING
+        if new == states.RUNNING and job.state == states.CANCELLING:
+            return None  # a redelivered cancelling job keeps CANCELLING
         if not states.can_transition(job.state, new):
-            _log.warning(
-                "invalid job transition refused",
+            # Expected when events arrive out of order (RUNNING after the outcome).
+            _log.info(
+                "job transition ignored",
                 job_id=job.id,
                 current=states.name(job.state),
                 requested=states.name(new),
             )
             return None
         job.state = new
+        if new == states.RUNNING:
+            job.started_at = job.started_at or at
         if new in states.TERMINAL:
             job.ended_at = at
         if new == states.FAILED:

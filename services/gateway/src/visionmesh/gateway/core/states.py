@@ -14,15 +14,19 @@ CANCELLED = job_pb2.JOB_STATE_CANCELLED
 
 TERMINAL = frozenset({SUCCEEDED, FAILED, CANCELLED})
 
+# Events of one attempt can arrive in any order (a nak'd event comes back after later
+# ones), so the machine must converge whatever the order: an outcome is accepted from every
+# non-terminal state, a terminal state is final, and nothing moves a job backwards.
 _ALLOWED: dict[int, frozenset[int]] = {
-    PENDING: frozenset({QUEUED, RUNNING, CANCELLED, CANCELLING, FAILED}),
-    # A worker may report RUNNING before the relay's QUEUED lands (the publish ack and
-    # the worker race), and may fail a job before running it (too many deliveries).
-    QUEUED: frozenset({RUNNING, CANCELLED, CANCELLING, FAILED}),
+    # A worker may report RUNNING, or even its outcome, before the relay's QUEUED lands
+    # (the publish ack and the worker race), and may fail a job before running it.
+    PENDING: frozenset({QUEUED, RUNNING, CANCELLING}) | TERMINAL,
+    # QUEUED -> SUCCEEDED: the outcome arrived before the attempt's RUNNING.
+    QUEUED: frozenset({RUNNING, CANCELLING}) | TERMINAL,
     # RUNNING -> RUNNING is a redelivery to a new worker after a crash.
-    RUNNING: frozenset({RUNNING, SUCCEEDED, FAILED, CANCELLING}),
+    RUNNING: frozenset({RUNNING, CANCELLING}) | TERMINAL,
     # A worker that finishes before it sees the cancel still reports its real outcome.
-    CANCELLING: frozenset({CANCELLED, SUCCEEDED, FAILED}),
+    CANCELLING: TERMINAL,
 }
 
 
