@@ -17,18 +17,20 @@ bootstrap:
 up: bootstrap
 	$(UV) run --frozen python -m visionmesh.stack up
 
-## Run the whole suite: generated-code freshness, buf lint/breaking, ruff, mypy, pytest.
+## Run the whole suite: generated-code freshness, buf lint/breaking, ruff, mypy, pytest with
+## line and branch coverage per package (the floor is fail_under in pyproject.toml).
 test: bootstrap
 	$(UV) run --frozen python scripts/gen_protos.py --check
 	$(UV) run --frozen python scripts/buf_check.py
 	$(UV) run --frozen ruff format --check .
 	$(UV) run --frozen ruff check .
 	$(UV) run --frozen mypy
-	$(UV) run --frozen pytest
+	status=0; $(UV) run --frozen pytest --cov --cov-report= || status=$$?; \
+		$(UV) run --frozen python scripts/coverage_summary.py; exit $$status
 
 ## Regenerate Python code from protos/.
 protos:
 	$(UV) run --frozen python scripts/gen_protos.py
 
 clean:
-	rm -rf .visionmesh .pytest_cache .mypy_cache .ruff_cache
+	rm -rf .visionmesh .pytest_cache .mypy_cache .ruff_cache .coverage
