@@ -1,4 +1,4 @@
-"""The training worker's queue handling and dataset cache, against real NATS and S3."""
+"""The training worker's dataset cache, against a real S3 server."""
 
 from __future__ import annotations
 
@@ -9,63 +9,9 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from visionmesh.api.common.v1 import job_pb2
 from visionmesh.api.events.v1 import events_pb2
-from visionmesh.common.embedded import NatsServer
-from visionmesh.common.events import EventBus
 from visionmesh.common.storage import ObjectStore
-from visionmesh.common.subjects import (
-    JOB_EVENTS_STREAM,
-    JOBS_STREAM,
-    ensure_job_streams,
-    job_request_subject,
-)
 from visionmesh.training.worker.cache import DataError, DatasetCache
-from visionmesh.training.worker.worker import CONSUMER, TrainingWorker
-
-
-async def test_a_job_delivered_too_often_is_failed_not_run(tmp_path: Path) -> None:
-    async with (
-        NatsServer(store_dir=tmp_path / "nats", log_dir=tmp_path) as nats,
-        EventBus(servers=nats.url, name="worker-test") as bus,
-    ):
-        await ensure_job_streams(bus)
-        request = events_pb2.JobRequest(
-            job_id="job-1", tenant_id="t", kind=job_pb2.JOB_KIND_TRAINING
-        )
-        await bus.publish(job_request_subject(job_pb2.JOB_KIND_TRAINING), request, msg_id="job-1")
-        worker = TrainingWorker(
-            bus=bus,
-            runner=None,  # type: ignore[arg-type]  # must never be reached
-            ack_wait=1.0,
-            heartbeat=0.5,
-            max_deliveries=1,
-        )
-        consumer = await bus.pull_consumer(
-            JOBS_STREAM,
-            CONSUMER,
-            filter_subject=job_request_subject(job_pb2.JOB_KIND_TRAINING),
-            ack_wait=1.0,
-            max_deliver=2,
-        )
-        # First delivery: the worker "dies" (never acks), so JetStream redelivers.
-        (first,) = await consumer.fetch(1, timeout=5)
-        assert first.num_delivered == 1
-        (second,) = await consumer.fetch(1, timeout=10)
-        assert second.num_delivered == 2
-        await worker.handle(second)
-
-        events = await bus.subscribe_ordered("vm.jobs.events.job-1", stream=JOB_EVENTS_STREAM)
-        delivery = await events.next(timeout=5)
-        await events.close()
-        assert delivery is not None
-        event = delivery.decode(events_pb2.JobEvent)
-        assert event.state_changed.state == job_pb2.JOB_STATE_FAILED
-        assert event.state_changed.error.reason == "MAX_DELIVERIES_EXCEEDED"
-        assert event.attempt == 2
-        # Terminated: never delivered again.
-        assert await consumer.fetch(1, timeout=2.5) == []
-        await consumer.close()
 
 
 def _dataset_zip(path: Path) -> tuple[bytes, dict[str, object]]:

@@ -21,6 +21,11 @@ _KIND_TOKENS: dict[int, str] = {
 }
 
 
+def job_kind_token(kind: int) -> str:
+    """`training`, `export`, ...: the kind's name in subjects, consumers and metrics."""
+    return _KIND_TOKENS[kind]
+
+
 def job_request_subject(kind: int) -> str:
     """Work-queue subject for jobs of `kind` (one durable consumer per kind)."""
     return f"vm.jobs.request.{_KIND_TOKENS[kind]}"

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
+import sys
 
+from visionmesh.api.common.v1 import job_pb2
 from visionmesh.api.training.v1 import training_pb2_grpc
 from visionmesh.common.auth import Authenticator, ServiceTokenVerifier
 from visionmesh.common.events import EventBus
+from visionmesh.common.jobs import JobMetrics, JobWorker, JobWorkerSpec, serve_workers
 from visionmesh.common.logging import configure_logging, get_logger
 from visionmesh.common.rpc import GrpcServer
 from visionmesh.common.settings import load_settings
@@ -18,8 +20,7 @@ from visionmesh.training.api.servicer import TrainingServicer
 from visionmesh.training.config import TrainingSettings
 from visionmesh.training.core import capabilities
 from visionmesh.training.worker.cache import DatasetCache
-from visionmesh.training.worker.runner import TrainingJobRunner
-from visionmesh.training.worker.worker import TrainingWorker
+from visionmesh.training.worker.handler import TrainingHandler
 
 SERVICE_NAME = "visionmesh.training.v1.TrainingService"
 
@@ -50,7 +51,19 @@ def _warm_up() -> None:
     capabilities()  # torch, torchvision and Ultralytics' model configs
 
 
-async def serve(settings: TrainingSettings) -> None:
+def worker_spec(settings: TrainingSettings) -> JobWorkerSpec:
+    return JobWorkerSpec(
+        kind=job_pb2.JOB_KIND_TRAINING,
+        ack_wait_seconds=settings.ack_wait_seconds,
+        heartbeat_seconds=settings.heartbeat_seconds,
+        max_deliveries=settings.max_deliveries,
+        transient_retry_limit=getattr(settings, "transient_retry_limit", 10),
+        graceful_stop_seconds=getattr(settings, "graceful_stop_seconds", 30.0),
+    )
+
+
+async def serve(settings: TrainingSettings) -> int:
+    """Serves until SIGTERM (0) or until a job loop dies (1, for the supervisor to restart)."""
     log = get_logger("visionmesh.training")
     # Ultralytics must never reach for the network here (no hub, no downloads).
     os.environ.setdefault("YOLO_OFFLINE", "1")
@@ -65,39 +78,29 @@ async def serve(settings: TrainingSettings) -> None:
     await asyncio.to_thread(_warm_up)
     store = object_store(settings)
     await store.ensure_bucket()
-    async with EventBus(servers=settings.nats_url, name=f"training-{os.getpid()}") as bus:
-        await ensure_job_streams(bus)
-        runner = TrainingJobRunner(
-            store=store,
-            cache=DatasetCache(root=settings.resolved_cache_dir(), store=store),
-            work_root=settings.data_dir / "training-work",
-            progress_every=settings.progress_every_batches,
-            default_device=settings.device,
-        )
-        workers = [
-            TrainingWorker(
-                bus=bus,
-                runner=runner,
-                ack_wait=settings.ack_wait_seconds,
-                heartbeat=settings.heartbeat_seconds,
-                max_deliveries=settings.max_deliveries,
+    try:
+        async with EventBus(servers=settings.nats_url, name=f"training-{os.getpid()}") as bus:
+            await ensure_job_streams(bus)
+            handler = TrainingHandler(
+                store=store,
+                cache=DatasetCache(root=settings.resolved_cache_dir(), store=store),
+                work_root=settings.data_dir / "training-work",
+                progress_every=settings.progress_every_batches,
+                default_device=settings.device,
             )
-            for _ in range(settings.workers)
-        ]
-        tasks = [asyncio.create_task(worker.run(), name="training-worker") for worker in workers]
-        log.info("training workers started", workers=len(workers))
-        try:
-            await server.serve_forever()
-        finally:
-            for task in tasks:
-                task.cancel()
-            for task in tasks:
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-            store.close()
+            metrics = JobMetrics.create(server.registry)
+            spec = worker_spec(settings)
+            workers = [
+                JobWorker(bus=bus, handler=handler, spec=spec, metrics=metrics)
+                for _ in range(settings.workers)
+            ]
+            log.info("training workers starting", workers=len(workers))
+            return await serve_workers(server, workers)
+    finally:
+        store.close()
 
 
 def main() -> None:
     settings = load_settings(TrainingSettings)
     configure_logging(service="training", level=settings.log_level, json=settings.log_json)
-    asyncio.run(serve(settings))
+    sys.exit(asyncio.run(serve(settings)))

@@ -1,15 +1,14 @@
-"""Runs one attempt of a training job: data, resume, train in a thread, upload, report."""
+"""The training handler on the shared job runtime: data, resume, train in a thread, upload."""
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import functools
 import hashlib
 import shutil
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +16,13 @@ import yaml
 from google.protobuf.timestamp_pb2 import Timestamp
 from visionmesh.api.common.v1 import artifact_pb2, job_pb2, metric_pb2
 from visionmesh.api.events.v1 import events_pb2
+from visionmesh.common.jobs import (
+    JobContext,
+    JobOutcome,
+    JobReporter,
+    PermanentJobError,
+    is_out_of_memory,
+)
 from visionmesh.common.logging import get_logger
 from visionmesh.common.storage import ObjectStore
 from visionmesh.training.core import (
@@ -28,8 +34,7 @@ from visionmesh.training.core import (
     train_ultralytics,
 )
 from visionmesh.training.specs import to_train_spec
-from visionmesh.training.worker.cache import DatasetCache
-from visionmesh.training.worker.reporter import JobReporter
+from visionmesh.training.worker.cache import DataError, DatasetCache
 
 _log = get_logger(__name__)
 
@@ -40,14 +45,6 @@ BEST_CHECKPOINT = "checkpoints/best.pt"
 _WEIGHTS = Path("run") / "weights"
 _ARTIFACT_KINDS = {".pt": "checkpoint", ".csv": "metrics", ".png": "plot"}
 _CONTENT_TYPES = {".pt": "application/octet-stream", ".csv": "text/csv", ".png": "image/png"}
-
-
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    """How an attempt ended: 'succeeded' or 'cancelled' (failures raise)."""
-
-    status: str
-    metrics: dict[str, float]
 
 
 def _sha256(path: Path) -> str:
@@ -116,8 +113,8 @@ class CheckpointUploader:
             self._in_flight = None
 
 
-class TrainingJobRunner:
-    """Everything between "a worker took the job" and "it ended"; transport-free except S3."""
+class TrainingHandler:
+    """Runs one attempt of a training job; everything around it is the shared job runtime."""
 
     def __init__(
         self,
@@ -134,31 +131,27 @@ class TrainingJobRunner:
         self._progress_every = progress_every
         self._default_device = default_device
 
-    async def run(
-        self,
-        request: events_pb2.JobRequest,
-        reporter: JobReporter,
-        cancel: threading.Event,
-    ) -> Outcome:
-        work = request.training
-        prefix = work.artifact_prefix
-        workdir = self._work_root / request.job_id / f"attempt-{reporter.attempt}"
+    async def run(self, job: JobContext) -> JobOutcome:
+        workdir = self._work_root / job.job_id / f"attempt-{job.attempt}"
         shutil.rmtree(workdir, ignore_errors=True)
         workdir.mkdir(parents=True)
+        training_done = threading.Event()
         try:
-            return await self._run(request, work, prefix, workdir, reporter, cancel)
+            return await self._run(job, workdir, training_done)
+        except DataError as exc:
+            raise PermanentJobError("DATA_CORRUPT", str(exc)) from exc
         finally:
-            shutil.rmtree(workdir, ignore_errors=True)
+            # A handler abandoned after the graceful-stop deadline leaves its training
+            # thread running: never delete the files under it.
+            if training_done.is_set() or not (workdir / "run").exists():
+                shutil.rmtree(workdir, ignore_errors=True)
 
     async def _run(
-        self,
-        request: events_pb2.JobRequest,
-        work: events_pb2.TrainingJobRequest,
-        prefix: str,
-        workdir: Path,
-        reporter: JobReporter,
-        cancel: threading.Event,
-    ) -> Outcome:
+        self, job: JobContext, workdir: Path, training_done: threading.Event
+    ) -> JobOutcome:
+        request, reporter = job.request, job.reporter
+        work = request.training
+        prefix = work.artifact_prefix
         spec_proto = work.spec
         await reporter.progress(job_pb2.JobProgress(phase="data", total_epochs=spec_proto.epochs))
         data_dir, cached = await self._cache.materialise(work.snapshot)
@@ -183,7 +176,7 @@ class TrainingJobRunner:
 
         loop = asyncio.get_running_loop()
         checkpoints = CheckpointUploader(self._store, prefix, loop, workdir / "staged")
-        hooks = self._hooks(loop, reporter, checkpoints, cancel)
+        hooks = self._hooks(loop, reporter, checkpoints, job.should_stop)
         options: dict[str, Any] = {
             "workdir": workdir / "run",
             "hooks": hooks,
@@ -199,11 +192,31 @@ class TrainingJobRunner:
             train = train_ultralytics
             class_names = list(work.snapshot.class_names)
             options["data"] = write_data_yaml(data_dir, class_names, workdir / "data.yaml")
+
+        def training() -> TrainResult:
+            try:
+                return train(spec, **options)
+            finally:
+                training_done.set()
+
         try:
-            result = await asyncio.to_thread(functools.partial(train, spec, **options))
+            result = await asyncio.to_thread(training)
+        except Exception as exc:
+            if is_out_of_memory(exc):
+                raise PermanentJobError(
+                    "OUT_OF_MEMORY",
+                    f"out of {spec.device} memory training {spec.model} at batch {spec.batch}, "
+                    f"imgsz {spec.imgsz}: lower spec.batch or spec.imgsz ({exc})"[:2000],
+                ) from exc
+            raise
         finally:
             await checkpoints.drain()
         await reporter.flush()
+        if result.cancelled and job.stop.is_set() and not job.cancel.is_set():
+            # Graceful stop: the checkpoint of the last finished epoch is uploaded (drained
+            # above), so the next attempt replays the interrupted epoch exactly as an
+            # uninterrupted run would have; the mid-epoch last.pt is left out on purpose.
+            return JobOutcome("stopped")
         await reporter.progress(
             job_pb2.JobProgress(
                 phase="upload",
@@ -214,12 +227,12 @@ class TrainingJobRunner:
         )
         uploaded = await self._upload_results(result, prefix, reporter)
         if result.cancelled:
-            return Outcome("cancelled", dict(result.metrics))
+            return JobOutcome("cancelled", dict(result.metrics))
         best = uploaded.get("best.pt") or uploaded.get("last.pt")
         if best is None:
             raise RuntimeError("training finished without a checkpoint")
-        await reporter.model_trained(
-            events_pb2.ModelTrained(
+        await reporter.emit(
+            model_trained=events_pb2.ModelTrained(
                 framework=spec.framework,
                 task=spec.task,
                 architecture=spec.model,
@@ -229,14 +242,14 @@ class TrainingJobRunner:
                 checkpoint=best,
             )
         )
-        return Outcome("succeeded", dict(result.metrics))
+        return JobOutcome("succeeded", dict(result.metrics))
 
     def _hooks(
         self,
         loop: asyncio.AbstractEventLoop,
         reporter: JobReporter,
         checkpoints: CheckpointUploader,
-        cancel: threading.Event,
+        should_stop: Callable[[], bool],
     ) -> TrainerHooks:
         """Hooks run on the training thread: events are queued to the loop in order, and
         checkpoint uploads block the trainer so last.pt is not rewritten while uploading."""
@@ -279,7 +292,7 @@ class TrainingJobRunner:
             on_progress=on_progress,
             on_epoch_end=on_epoch_end,
             on_checkpoint=on_checkpoint,
-            should_stop=cancel.is_set,
+            should_stop=should_stop,
         )
 
     async def _upload_results(
