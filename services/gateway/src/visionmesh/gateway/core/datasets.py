@@ -3,21 +3,34 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import tempfile
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import CursorResult, select, update
 from visionmesh.api.gateway.v1 import datasets_pb2
 from visionmesh.common.auth import require_principal
+from visionmesh.common.datasets import download_capped
 from visionmesh.common.db import Database
-from visionmesh.common.errors import FailedPrecondition, InvalidArgument, NotFound
+from visionmesh.common.errors import (
+    FailedPrecondition,
+    FieldViolation,
+    InvalidArgument,
+    NotFound,
+    VisionMeshError,
+)
 from visionmesh.common.logging import get_logger
 from visionmesh.common.storage import ObjectStore
 from visionmesh.gateway.core import convert
-from visionmesh.gateway.core.archive import ArchiveReport, inspect_archive, manifest_json
+from visionmesh.gateway.core.archive import (
+    ARCHIVE_FIELD,
+    ArchiveReport,
+    Reason,
+    inspect_archive,
+    manifest_json,
+)
 from visionmesh.gateway.core.paging import newest_first, page_size, split_page
 from visionmesh.gateway.db import models as db
 
@@ -32,12 +45,26 @@ _FORMATS = {
 }
 
 
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as file:
-        for chunk in iter(lambda: file.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+# A dataset may be finalized from UPLOADING, or again after a FAILED validation; never
+# once READY.
+_FINALIZABLE = (UPLOADING, FAILED)
+
+
+def _too_large(size: int | None, limit: int) -> InvalidArgument:
+    described = f"{size} bytes" if size is not None else f"more than {limit} bytes"
+    message = f"archive is {described}, over the limit of {limit} bytes"
+    return InvalidArgument(
+        f"invalid dataset archive: {message}",
+        field_violations=[
+            FieldViolation(
+                field=ARCHIVE_FIELD, description=message, reason=Reason.ARCHIVE_TOO_LARGE
+            )
+        ],
+    )
+
+
+def _already_ready(dataset_id: str) -> FailedPrecondition:
+    return FailedPrecondition(f"dataset {dataset_id} is already READY")
 
 
 def _failure_reason(error: InvalidArgument) -> str:
@@ -150,69 +177,117 @@ class DatasetsCore:
         return [convert.dataset(row) for row in page], next_token
 
     async def finalize(self, dataset_id: str) -> datasets_pb2.Dataset:
+        """Validates the uploaded zip and makes the dataset READY, exactly once.
+
+        The upload's size is checked (stat) before a byte is downloaded, and the download
+        itself stops at the limit, since the object can be replaced in between. Concurrent
+        finalizes may all validate, but the READY transition is one conditional UPDATE:
+        one wins, the others get FAILED_PRECONDITION, and a READY row never changes again.
+        """
         row = await self._row(dataset_id)
         if row.state == READY:
-            raise FailedPrecondition(f"dataset {dataset_id} is already READY")
+            raise _already_ready(dataset_id)
         upload_key = f"datasets/{dataset_id}/upload.zip"
-        if not await self._store.exists(upload_key):
-            raise FailedPrecondition(
-                f"nothing was uploaded for dataset {dataset_id}: "
-                "PUT the zip to its upload URL first"
-            )
+        try:
+            uploaded = await self._store.stat(upload_key)
+        except NotFound:
+            raise await self._nothing_uploaded(dataset_id) from None
+        if uploaded.size > self._max_bytes:
+            raise await self._fail(dataset_id, _too_large(uploaded.size, self._max_bytes))
         with tempfile.TemporaryDirectory(dir=self._work_dir) as tmp:
             archive = Path(tmp) / "archive.zip"
-            await self._store.download_file(upload_key, archive)
+            try:
+                fetched = await download_capped(
+                    self._store, upload_key, archive, limit=self._max_bytes
+                )
+            except NotFound:
+                raise await self._nothing_uploaded(dataset_id) from None
+            if fetched.over_limit:
+                raise await self._fail(dataset_id, _too_large(None, self._max_bytes))
             try:
                 report = await asyncio.to_thread(
                     inspect_archive, archive, max_bytes=self._max_bytes
                 )
             except InvalidArgument as error:
-                await self._mark_failed(dataset_id, _failure_reason(error))
-                raise
+                raise await self._fail(dataset_id, error) from None
             # Content-addressed keys: a later PUT to the upload URL can never change what
             # this dataset (and every snapshot of it) points at.
-            archive_sha = await asyncio.to_thread(_sha256_file, archive)
-            archive_key = f"datasets/{dataset_id}/archive-{archive_sha[:16]}.zip"
+            archive_key = f"datasets/{dataset_id}/archive-{report.manifest.archive_sha256[:16]}.zip"
             await self._store.put_file(archive_key, archive, content_type="application/zip")
-        manifest = manifest_json(report)
-        manifest_sha = hashlib.sha256(manifest).hexdigest()
+        manifest_sha = report.manifest_sha256
         manifest_key = f"datasets/{dataset_id}/manifest-{manifest_sha[:16]}.json"
-        await self._store.put_bytes(manifest_key, manifest, content_type="application/json")
-        await self._store.delete(upload_key)
+        await self._store.put_bytes(
+            manifest_key, manifest_json(report), content_type="application/json"
+        )
         async with self._db.session() as session:
-            stored = await session.get(db.Dataset, dataset_id)
+            result = await session.execute(
+                update(db.Dataset)
+                .where(db.Dataset.id == dataset_id, db.Dataset.state.in_(_FINALIZABLE))
+                .values(
+                    state=READY,
+                    failure_reason="",
+                    archive_key=archive_key,
+                    manifest_key=manifest_key,
+                    manifest_sha256=manifest_sha,
+                    **self._report_values(report),
+                )
+                .execution_options(synchronize_session=False)
+            )
+            won = isinstance(result, CursorResult) and result.rowcount == 1
+            stored = await session.get(db.Dataset, dataset_id, populate_existing=True)
             assert stored is not None
-            self._apply_report(stored, report)
-            stored.state = READY
-            stored.failure_reason = ""
-            stored.archive_key = archive_key
-            stored.manifest_key = manifest_key
-            stored.manifest_sha256 = manifest_sha
-            await session.flush()
-            return convert.dataset(stored)
+            message = convert.dataset(stored)
+        if not won:
+            # Another finalize made it READY first. Its objects stay; ours go unless they
+            # are the very same content-addressed keys, and so does the upload, which a
+            # READY dataset never reads again.
+            stale = {archive_key, manifest_key} - {stored.archive_key, stored.manifest_key}
+            for key in sorted(stale | {upload_key}):
+                await self._store.delete(key)
+            raise _already_ready(dataset_id)
+        await self._store.delete(upload_key)
+        return message
+
+    async def _nothing_uploaded(self, dataset_id: str) -> FailedPrecondition:
+        # The upload is deleted when a finalize wins, so a late concurrent one lands here.
+        if (await self._row(dataset_id)).state == READY:
+            return _already_ready(dataset_id)
+        return FailedPrecondition(
+            f"nothing was uploaded for dataset {dataset_id}: PUT the zip to its upload URL first"
+        )
+
+    async def _fail(self, dataset_id: str, error: InvalidArgument) -> VisionMeshError:
+        """Records a failed validation (never over READY) and returns the error to raise."""
+        reason = _failure_reason(error)
+        async with self._db.session() as session:
+            result = await session.execute(
+                update(db.Dataset)
+                .where(db.Dataset.id == dataset_id, db.Dataset.state.in_(_FINALIZABLE))
+                .values(state=FAILED, failure_reason=reason[:4000])
+                .execution_options(synchronize_session=False)
+            )
+        if not (isinstance(result, CursorResult) and result.rowcount == 1):
+            # A concurrent finalize made it READY meanwhile; what this one read is moot.
+            return _already_ready(dataset_id)
+        _log.info("dataset failed validation", dataset_id=dataset_id, reason=reason)
+        return error
 
     @staticmethod
-    def _apply_report(row: db.Dataset, report: ArchiveReport) -> None:
-        row.format = _FORMATS[report.format]
-        row.class_names = list(report.class_names)
-        row.splits = [
-            {
-                "name": split.name,
-                "image_count": split.image_count,
-                "instances_per_class": dict(split.instances_per_class),
-            }
-            for split in report.splits
-        ]
-        row.image_count = report.image_count
-        row.size_bytes = report.size_bytes
-
-    async def _mark_failed(self, dataset_id: str, reason: str) -> None:
-        async with self._db.session() as session:
-            stored = await session.get(db.Dataset, dataset_id)
-            if stored is not None:
-                stored.state = FAILED
-                stored.failure_reason = reason[:4000]
-        _log.info("dataset failed validation", dataset_id=dataset_id, reason=reason)
+    def _report_values(report: ArchiveReport) -> dict[str, Any]:
+        return {
+            "format": _FORMATS[report.format],
+            "class_names": list(report.class_names),
+            "splits": [
+                {
+                    "name": split.name,
+                    "image_count": split.image_count,
+                    "instances_per_class": dict(split.instances_per_class),
+                }
+                for split in report.splits
+            ],
+            "image_count": report.image_count,
+            "size_bytes": report.size_bytes,
+        }
 
     # -- snapshots --------------------------------------------------------------------
 
