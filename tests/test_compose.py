@@ -634,7 +634,21 @@ def test_depends_on_targets_exist_and_are_ready(name: str) -> None:
         assert services()[target].get("healthcheck"), f"{target} has no healthcheck"
 
 
-@pytest.mark.parametrize("name", sorted(n for n, svc in services().items() if "S3" in str(svc)))
+def _object_store_users() -> list[str]:
+    """The services that sign in to MinIO as the non-root user minio-init makes."""
+    return sorted(
+        name
+        for name, svc in services().items()
+        if name != "minio-init"
+        and any(m["name"] == "MINIO_SERVICE_USER" for t in all_strings(svc) for m in references(t))
+    )
+
+
+def test_every_service_using_the_object_store_is_an_object_store_user() -> None:
+    assert set(_object_store_users()) == set(SERVICE_GRPC_PORTS) | {"triton"}
+
+
+@pytest.mark.parametrize("name", _object_store_users())
 def test_object_store_users_wait_for_the_bucket_and_their_user(name: str) -> None:
     assert depends_on(services()[name]).get("minio-init") == "service_completed_successfully"
 
