@@ -212,6 +212,31 @@ def test_wrapping_folder_changes_only_the_root_prefix(tmp_path: Path) -> None:
     assert wrapped.manifest.splits == flat.manifest.splits
 
 
+def test_data_yml_is_read_and_its_layout_recorded(tmp_path: Path) -> None:
+    entries = [
+        (name.replace("data.yaml", "data.yml"), data) for name, data in detect_entries("shapes/")
+    ]
+
+    report = inspect(tmp_path, entries)
+
+    assert report.format == "detect"
+    assert report.class_names == ["cat", "dog", "bird"]
+    assert report.manifest.root_prefix == "shapes/"
+    assert report.manifest.splits == (
+        ManifestSplit("train", ("images/train",), ("labels/train",)),
+        ManifestSplit("val", ("images/val",), ("labels/val",)),
+    )
+    assert "data.yml" in {entry.path for entry in report.manifest.files}
+
+
+def test_split_folders_without_images_are_left_out_of_the_manifest(tmp_path: Path) -> None:
+    data_yaml = "names: [cat, dog, bird]\ntrain: [images/train, images/extra]\nval: images/val\n"
+
+    report = inspect(tmp_path, detect_entries(data_yaml=data_yaml))
+
+    assert report.manifest.splits[0] == ManifestSplit("train", ("images/train",), ("labels/train",))
+
+
 def test_roboflow_style_detect_layout(tmp_path: Path) -> None:
     data_yaml = b"train: ../train/images\nval: ../valid/images\nnc: 2\nnames: ['car', 'bus']\n"
     entries: list[Entry] = [

@@ -26,8 +26,6 @@ _DATA_YAML_NAMES: Final = ("data.yaml", "data.yml")
 _MAX_YAML_BYTES: Final = 1 << 20
 _MAX_CLASSES: Final = 100_000
 
-# --- layout -----------------------------------------------------------------------------
-
 
 def is_image(path: str) -> bool:
     return posixpath.splitext(path)[1].lower() in IMAGE_SUFFIXES

@@ -37,9 +37,6 @@ class Reason:
     BAD_LABEL: Final = "BAD_LABEL"
 
 
-# --- violations -------------------------------------------------------------------------
-
-
 class Violations:
     """Collects up to `MAX_VIOLATIONS` problems in discovery order and raises them as one."""
 

@@ -17,6 +17,8 @@ from visionmesh.gateway.core.archive._violations import Reason, Violations
 _JUNK_NAMES: Final = frozenset({".DS_Store", "Thumbs.db", "desktop.ini"})
 CHUNK: Final = 1 << 20
 DRIVE_RE: Final = re.compile(r"^[A-Za-z]:")
+
+# What zipfile raises on a damaged archive (open) or a damaged entry (read).
 ZIP_OPEN_ERRORS: Final = (
     zipfile.BadZipFile,
     zipfile.LargeZipFile,
