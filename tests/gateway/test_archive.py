@@ -214,7 +214,8 @@ def test_wrapping_folder_changes_only_the_root_prefix(tmp_path: Path) -> None:
 
 def test_data_yml_is_read_and_its_layout_recorded(tmp_path: Path) -> None:
     entries = [
-        (name.replace("data.yaml", "data.yml"), data) for name, data in detect_entries("shapes/")
+        (str(name).replace("data.yaml", "data.yml"), data)
+        for name, data in detect_entries("shapes/")
     ]
 
     report = inspect(tmp_path, entries)
