@@ -135,9 +135,9 @@ async def test_materialises_once_verifies_and_builds_the_data_dict(
     assert first.root == tmp_path / "cache" / ref.manifest_sha256 / "data"
     for name, data in FILES.items():
         assert (first.root / name).read_bytes() == data
-    data = first.ultralytics_data()
-    assert data["names"] == {0: "a"}
-    assert all_dirs(data["train"], data["val"])
+    yolo = first.ultralytics_data()
+    assert yolo["names"] == {0: "a"}
+    assert all_dirs(yolo["train"], yolo["val"])
     # Two jobs at once on one machine share the entry; nothing is downloaded again.
     reads = len(store.gets)
     again = await asyncio.gather(cache.materialise(ref), cache.materialise(ref))
