@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -10,6 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 import pytest_asyncio
+from visionmesh.common.storage import ObjectStore, ObjectStoreConfig
 from visionmesh.stack import Ports, Stack
 
 
@@ -19,6 +21,18 @@ class Mesh:
     rest_url: str
     token: str
     tmp: Path
+
+    def object_store(self) -> ObjectStore:
+        """The stack's bucket, as the services see it (close() it when done)."""
+        env = self.stack.common_env()
+        return ObjectStore(
+            ObjectStoreConfig(
+                endpoint=env["VISIONMESH_S3_ENDPOINT"],
+                access_key=env["VISIONMESH_S3_ACCESS_KEY"],
+                secret_key=env["VISIONMESH_S3_SECRET_KEY"],
+                bucket=env["VISIONMESH_S3_BUCKET"],
+            )
+        )
 
     def http(self) -> httpx.AsyncClient:
         return httpx.AsyncClient(
@@ -41,6 +55,8 @@ async def mesh(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Mesh]:
         },
     )
     await stack.start()
+    # As under `make up`: a service that exits is restarted with backoff.
+    supervisor = asyncio.create_task(stack.supervise(report=lambda line: print(line)))
     try:
         rest = f"http://127.0.0.1:{stack.ports.gateway_rest}"
         username = f"mesh-{uuid.uuid4().hex[:6]}"
@@ -51,4 +67,5 @@ async def mesh(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Mesh]:
             login.raise_for_status()
         yield Mesh(stack=stack, rest_url=rest, token=login.json()["accessToken"], tmp=tmp)
     finally:
+        supervisor.cancel()
         await stack.stop()

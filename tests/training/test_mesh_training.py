@@ -13,6 +13,8 @@ from typing import Any
 import httpx
 import pytest
 from visionmesh.cli.synth import make_classify_dataset, make_detect_dataset, zip_dataset
+from visionmesh.common.events import EventBus
+from visionmesh.common.jobs import AttemptLedger, AttemptRecord
 
 from tests.gateway.helpers import upload_dataset, wait_for
 from tests.training.conftest import Mesh
@@ -243,13 +245,21 @@ async def test_killed_worker_job_resumes_from_its_checkpoint_on_a_new_worker(mes
 
         await wait_for(epoch_three_training, within=300, what="epoch 3 to start")
         training = mesh.stack.service("training")
+        restarts = mesh.stack.restarts.get("training", 0)
         assert training.pid is not None
         os.kill(training.pid, signal.SIGKILL)
-        await mesh.stack.replace_service("training")
+        # The supervisor (what `make up` runs) restarts it; the gateway serves meanwhile.
+        await asyncio.sleep(0.5)
+        assert (await client.get("/readyz")).status_code == 200
+        await wait_for(
+            lambda: _restarted(mesh, restarts), within=120, what="the supervisor to restart it"
+        )
         await _events(client, job_id)
         job = await _job(client, job_id)
         assert job["state"] == "JOB_STATE_SUCCEEDED", job
         assert job["attempts"] == 2
+        record = await _attempt_record(mesh, job_id)
+        assert record.crashes == 1  # a kill -9 spends one unit of the retry budget
         points = (await client.get(f"/v1/jobs/{job_id}/metrics", params={"name": "map50"})).json()
         epochs = [p["epoch"] for p in points["points"]]
         # Epoch 1 ran once, on the first worker; the second resumed from a checkpoint.
@@ -260,6 +270,116 @@ async def test_killed_worker_job_resumes_from_its_checkpoint_on_a_new_worker(mes
         assert len(models) == 1
         model = (await client.get(f"/v1/models/{models[0]['id']}")).json()["model"]
         assert len(model["versions"]) == 1
+
+
+async def _restarted(mesh: Mesh, before: int) -> bool:
+    training = mesh.stack.service("training")
+    return mesh.stack.restarts.get("training", 0) > before and training.running
+
+
+async def _attempt_record(mesh: Mesh, job_id: str) -> AttemptRecord:
+    async with EventBus(servers=mesh.stack.nats.url, name="test-ledger") as bus:
+        record = await (await AttemptLedger.open(bus)).get(job_id)
+    assert record is not None
+    return record
+
+
+async def test_sigterm_hands_the_job_back_without_spending_its_retry_budget(mesh: Mesh) -> None:
+    async with mesh.http() as client:
+        dataset = await _dataset(mesh, client, "classify")
+        spec = {**CLASSIFY_SPEC, "epochs": 6}
+        job_id = (
+            await client.post("/v1/training/jobs", json={"datasetId": dataset["id"], "spec": spec})
+        ).json()["job"]["id"]
+
+        async def epoch_two_training() -> bool:
+            job = await _job(client, job_id)
+            return int(job["progress"].get("epoch", 0)) >= 2 and job["progress"]["phase"] == "train"
+
+        await wait_for(epoch_two_training, within=300, what="epoch 2 to start")
+        training = mesh.stack.service("training")
+        restarts = mesh.stack.restarts.get("training", 0)
+        assert training.pid is not None
+        os.kill(training.pid, signal.SIGTERM)
+        await wait_for(lambda: _exited(training), within=60, what="a graceful exit")
+        assert training.returncode == 0, training.log_tail()
+        record = await _attempt_record(mesh, job_id)
+        assert (record.state, record.hand_backs, record.crashes) == ("handed_back", 1, 0)
+        await wait_for(
+            lambda: _restarted(mesh, restarts), within=120, what="the supervisor to restart it"
+        )
+        await _events(client, job_id)
+        job = await _job(client, job_id)
+        assert job["state"] == "JOB_STATE_SUCCEEDED", job
+        assert job["attempts"] == 2
+        points = (await client.get(f"/v1/jobs/{job_id}/metrics", params={"name": "top1"})).json()
+        assert sorted({p["epoch"] for p in points["points"]}) == [1, 2, 3, 4, 5, 6]
+        record = await _attempt_record(mesh, job_id)
+        assert (record.hand_backs, record.crashes) == (1, 0)  # no retry budget spent
+
+
+async def _exited(process: Any) -> bool:
+    return not process.running
+
+
+async def test_jobs_accepted_with_no_worker_all_run_and_a_fully_trained_one_finishes(
+    mesh: Mesh,
+) -> None:
+    """Intake needs no live worker; and a job whose earlier attempt trained every epoch but
+    died before finishing (final validation, upload, registration) finishes from its last
+    checkpoint instead of failing "already trained all epochs", with one model version."""
+    async with mesh.http() as client:
+        dataset = await _dataset(mesh, client, "detect")
+        spec = {**DETECT_SPEC, "epochs": 2}
+        body = {"datasetId": dataset["id"], "spec": spec}
+        first = (await client.post("/v1/training/jobs", json=body)).json()["job"]["id"]
+        await _events(client, first)
+        trained = await _job(client, first)
+        assert trained["state"] == "JOB_STATE_SUCCEEDED", trained
+
+        mesh.stack.held.add("training")
+        try:
+            await mesh.stack.service("training").stop()
+            jobs = []
+            for name in ("finished-before-crash", "queued-1", "queued-2"):
+                created = await client.post("/v1/training/jobs", json={**body, "modelName": name})
+                assert created.status_code == 200, created.text  # no 503: the outbox holds it
+                jobs.append(created.json()["job"]["id"])
+            # The first attempt of the first job "trained both epochs and died": its epoch
+            # checkpoints are in the store, nothing else is.
+            store = mesh.object_store()
+            for name in ("last.pt", "best.pt"):
+                data = await store.get_bytes(f"jobs/{first}/checkpoints/{name}")
+                await store.put_bytes(f"jobs/{jobs[0]}/checkpoints/{name}", data)
+            store.close()
+            for job_id in jobs:
+                assert (await _job(client, job_id))["state"] in {
+                    "JOB_STATE_PENDING",
+                    "JOB_STATE_QUEUED",
+                }
+        finally:
+            mesh.stack.held.discard("training")
+        await wait_for(lambda: _running(mesh), within=120, what="training to be back")
+        finished = await _events(client, jobs[0])
+        for job_id in jobs[1:]:
+            await _events(client, job_id)
+            assert (await _job(client, job_id))["state"] == "JOB_STATE_SUCCEEDED"
+        job = await _job(client, jobs[0])
+        assert job["state"] == "JOB_STATE_SUCCEEDED", job
+        train_progress = [e for e in finished if e.get("progress", {}).get("phase") == "train"]
+        assert train_progress == []  # nothing was trained again
+        assert job["metrics"]["map50"] == pytest.approx(trained["metrics"]["map50"], abs=1e-3)
+        models = [
+            m
+            for m in (await client.get("/v1/models")).json()["models"]
+            if m["name"] == "finished-before-crash"
+        ]
+        model = (await client.get(f"/v1/models/{models[0]['id']}")).json()["model"]
+        assert len(model["versions"]) == 1
+
+
+async def _running(mesh: Mesh) -> bool:
+    return mesh.stack.service("training").running
 
 
 async def test_the_mesh_learns_exactly_what_ultralytics_learns_directly(mesh: Mesh) -> None:

@@ -29,27 +29,15 @@ async def _up(data_dir: Path) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    watch = asyncio.create_task(_watch(stack, stop))
+    # `make up` is the supervisor: a process that exits is restarted with backoff, and the
+    # rest of the platform keeps serving meanwhile.
+    supervisor = asyncio.create_task(stack.supervise())
     await stop.wait()
-    watch.cancel()
+    supervisor.cancel()
     print("\nstopping ...", flush=True)
     await stack.stop()
     print("stopped.")
     return 0
-
-
-async def _watch(stack: Stack, stop: asyncio.Event) -> None:
-    """Stops the platform when one of its processes dies, saying which."""
-    while True:
-        await asyncio.sleep(1.0)
-        for process in [stack.nats, stack.s3, *stack.services]:
-            if not process.running:
-                print(
-                    f"\n{process.name} exited (code {process.returncode}); see {process.log_path}",
-                    file=sys.stderr,
-                )
-                stop.set()
-                return
 
 
 def main(argv: list[str] | None = None) -> int:

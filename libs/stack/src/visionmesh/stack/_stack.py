@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sys
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Self
@@ -14,6 +17,7 @@ from visionmesh.common.auth import generate_signing_key, private_key_pem, public
 from visionmesh.common.embedded import (
     ManagedProcess,
     NatsServer,
+    ProcessError,
     ReadyCheck,
     SeaweedPorts,
     SeaweedS3,
@@ -106,6 +110,9 @@ class Stack:
             log_dir=self.logs,
         )
         self.services: list[ManagedProcess] = []
+        self.restarts: dict[str, int] = {}
+        self.held: set[str] = set()
+        """Names the supervisor leaves stopped (a test taking a service down on purpose)."""
 
     def common_env(self) -> dict[str, str]:
         private_key, public_key = _ensure_keypair(self.data_dir / "keys")
@@ -189,6 +196,49 @@ class Stack:
         for process in [*reversed(self.services), self.s3, self.nats]:
             if process.running:
                 await process.stop()
+
+    async def supervise(
+        self,
+        *,
+        report: Callable[[str], None] = lambda line: print(line, file=sys.stderr, flush=True),
+        poll: float = 0.5,
+        max_backoff: float = 30.0,
+        healthy_after: float = 60.0,
+    ) -> None:
+        """Restarts any process of the stack that exits, with backoff; the others keep running.
+
+        Each restart is reported (and counted in `restarts`). A process that stays up for
+        `healthy_after` seconds earns its backoff back down to one second.
+        """
+        backoff: dict[str, float] = {}
+        started: dict[str, float] = {}
+        while True:
+            await asyncio.sleep(poll)
+            for process in [self.nats, self.s3, *self.services]:
+                if process.name in self.held:
+                    continue
+                if process.running:
+                    if time.monotonic() - started.get(process.name, 0.0) > healthy_after:
+                        backoff[process.name] = 1.0
+                    continue
+                delay = backoff.get(process.name, 1.0)
+                count = self.restarts.get(process.name, 0) + 1
+                report(
+                    f"{process.name} exited (code {process.returncode}); restarting in "
+                    f"{delay:.0f}s (restart {count}; log: {process.log_path})"
+                )
+                await asyncio.sleep(delay)
+                backoff[process.name] = min(delay * 2, max_backoff)
+                await process.stop()  # closes the old log handle
+                self.restarts[process.name] = count
+                started[process.name] = time.monotonic()
+                try:
+                    await process.start()
+                    await process.wait_ready()
+                except ProcessError as exc:
+                    report(f"{process.name} failed to restart: {exc}")
+                    continue
+                report(f"{process.name} is back (pid {process.pid})")
 
     def endpoints(self) -> dict[str, str]:
         p = self.ports

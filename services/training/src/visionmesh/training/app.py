@@ -9,6 +9,7 @@ import sys
 from visionmesh.api.common.v1 import job_pb2
 from visionmesh.api.training.v1 import training_pb2_grpc
 from visionmesh.common.auth import Authenticator, ServiceTokenVerifier
+from visionmesh.common.datasets import DatasetCache
 from visionmesh.common.events import EventBus
 from visionmesh.common.jobs import JobMetrics, JobWorker, JobWorkerSpec, serve_workers
 from visionmesh.common.logging import configure_logging, get_logger
@@ -19,7 +20,6 @@ from visionmesh.common.subjects import ensure_job_streams
 from visionmesh.training.api.servicer import TrainingServicer
 from visionmesh.training.config import TrainingSettings
 from visionmesh.training.core import capabilities
-from visionmesh.training.worker.cache import DatasetCache
 from visionmesh.training.worker.handler import TrainingHandler
 
 SERVICE_NAME = "visionmesh.training.v1.TrainingService"

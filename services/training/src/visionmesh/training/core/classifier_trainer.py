@@ -7,6 +7,7 @@ import csv
 import math
 import os
 import random
+import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -321,8 +322,6 @@ def train_classifier(
             )
         if list(resume["class_names"]) != class_names:
             raise ValueError(f"{resume_from} was trained on classes {resume['class_names']}")
-        if int(resume["epoch"]) >= spec.epochs:
-            raise ValueError(f"{resume_from} has already trained all {spec.epochs} epochs")
 
     _seed_everything(spec.seed)
     model = build_torchvision_classifier(spec.model, num_classes=len(class_names), imgsz=spec.imgsz)
@@ -419,6 +418,12 @@ def train_classifier(
             "normalisation": {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)},
         }
 
+    if start_epoch >= spec.epochs or (spec.patience and start_epoch - best_epoch >= spec.patience):
+        # Every epoch was trained before the last attempt died (during final validation,
+        # upload or registration): finish from the checkpoint, train nothing again.
+        shutil.copyfile(Path(resume_from or ""), last_path)
+        _write_csv(history, csv_path)
+        start_epoch = spec.epochs
     cancelled = False
     epoch = start_epoch
     batches_this_epoch = 0

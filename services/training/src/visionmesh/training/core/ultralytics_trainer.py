@@ -174,7 +174,7 @@ def _prepare_resume(
             "optimizer state); resume from a last.pt passed to on_checkpoint"
         )
     args = dict(ckpt.get("train_args") or {})
-    if int(ckpt["epoch"]) + 1 >= int(args.get("epochs", 0)):
+    if trained_every_epoch(ckpt):
         raise ValueError(f"{resume_from} has already trained all {args.get('epochs')} epochs")
     args.update(
         run_args, data=data, project=str(workdir), name=save_dir.name, save_dir=str(save_dir)
@@ -191,6 +191,69 @@ def _prepare_resume(
     if ckpt.get("train_results"):
         _write_results_csv(ckpt["train_results"], results)
     return out
+
+
+def trained_every_epoch(ckpt: Mapping[str, Any]) -> bool:
+    """True for a last.pt written after the final epoch: nothing is left to train."""
+    epochs = int((ckpt.get("train_args") or {}).get("epochs", 0))
+    return int(ckpt.get("epoch", -1)) + 1 >= epochs
+
+
+def _finish_from_checkpoint(
+    spec: TrainSpec, *, checkpoint: Path, data: str, save_dir: Path, device: str
+) -> TrainResult:
+    """What Ultralytics does after its last epoch (strip optimizers, validate best.pt),
+    for a run whose last attempt trained every epoch and died before finishing."""
+    import shutil
+
+    from ultralytics import YOLO
+    from ultralytics.utils.patches import torch_load
+    from ultralytics.utils.torch_utils import strip_optimizer
+
+    ckpt = torch_load(checkpoint, map_location="cpu")
+    weights = save_dir / "weights"
+    weights.mkdir(parents=True, exist_ok=True)
+    last, best = weights / "last.pt", weights / "best.pt"
+    shutil.copyfile(checkpoint, last)
+    if not best.is_file():  # no earlier best.pt was restored: the last epoch's is the best
+        shutil.copyfile(checkpoint, best)
+    results_csv = save_dir / "results.csv"
+    if ckpt.get("train_results"):
+        _write_results_csv(ckpt["train_results"], results_csv)
+    for weight in (last, best):
+        strip_optimizer(weight)
+    total_epochs = int((ckpt.get("train_args") or {}).get("epochs", spec.epochs))
+    history = _read_history(results_csv, total_epochs)
+    model = YOLO(str(best), task=spec.task)
+    with _offline_guards(), _keep_torch_threads():
+        # The trainer validates with twice the training batch: same batches, same numbers.
+        validation = model.val(
+            data=data,
+            imgsz=spec.imgsz,
+            batch=spec.batch * 2,
+            device=device,
+            plots=False,
+            verbose=False,
+            project=str(save_dir.parent),
+            name="final-val",
+            exist_ok=True,
+        )
+    names = model.names if isinstance(model.names, dict) else dict(enumerate(model.names))
+    curves = plot_training_curves(history, save_dir / "curves.png") if history else None
+    return TrainResult(
+        framework="ultralytics",
+        task=spec.task,
+        best_path=best,
+        last_path=last,
+        results_csv=results_csv if results_csv.is_file() else None,
+        curves_png=curves,
+        metrics=normalise_ultralytics_metrics(validation.results_dict),
+        history=tuple(history),
+        class_names=tuple(names[i] for i in sorted(names)),
+        imgsz=spec.imgsz,
+        epochs_completed=len(history),
+        cancelled=False,
+    )
 
 
 def _read_history(results_csv: Path, total_epochs: int) -> list[EpochResult]:
@@ -394,6 +457,12 @@ def train_ultralytics(
     run_args = _run_args(spec, device)
 
     if resume_from is not None:
+        from ultralytics.utils.patches import torch_load
+
+        if trained_every_epoch(torch_load(resume_from, map_location="cpu")):
+            return _finish_from_checkpoint(
+                spec, checkpoint=Path(resume_from), data=data_arg, save_dir=save_dir, device=device
+            )
         checkpoint = _prepare_resume(
             Path(resume_from), workdir=workdir, save_dir=save_dir, data=data_arg, run_args=run_args
         )

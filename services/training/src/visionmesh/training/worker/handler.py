@@ -16,6 +16,7 @@ import yaml
 from google.protobuf.timestamp_pb2 import Timestamp
 from visionmesh.api.common.v1 import artifact_pb2, job_pb2, metric_pb2
 from visionmesh.api.events.v1 import events_pb2
+from visionmesh.common.datasets import DataError, DatasetCache
 from visionmesh.common.jobs import (
     JobContext,
     JobOutcome,
@@ -34,7 +35,6 @@ from visionmesh.training.core import (
     train_ultralytics,
 )
 from visionmesh.training.specs import to_train_spec
-from visionmesh.training.worker.cache import DataError, DatasetCache
 
 _log = get_logger(__name__)
 
@@ -59,19 +59,6 @@ def _now() -> Timestamp:
     ts = Timestamp()
     ts.GetCurrentTime()
     return ts
-
-
-def write_data_yaml(data_dir: Path, class_names: list[str], dest: Path) -> Path:
-    """A data.yaml with an absolute root, so Ultralytics finds the cached files wherever."""
-    source = yaml.safe_load((data_dir / "data.yaml").read_text()) or {}
-    config = {
-        "path": str(data_dir),
-        "train": source.get("train", "images/train"),
-        "val": source.get("val", "images/val"),
-        "names": dict(enumerate(class_names)),
-    }
-    dest.write_text(yaml.safe_dump(config, sort_keys=False))
-    return dest
 
 
 class CheckpointUploader:
@@ -154,8 +141,9 @@ class TrainingHandler:
         prefix = work.artifact_prefix
         spec_proto = work.spec
         await reporter.progress(job_pb2.JobProgress(phase="data", total_epochs=spec_proto.epochs))
-        data_dir, cached = await self._cache.materialise(work.snapshot)
-        _log.info("dataset ready", job_id=request.job_id, path=str(data_dir), cached=cached)
+        dataset = await self._cache.materialise(work.snapshot)
+        data_dir = dataset.root
+        _log.info("dataset ready", job_id=request.job_id, path=str(data_dir), cached=dataset.cached)
         init_checkpoint = None
         if work.init_checkpoint_key:
             init_checkpoint = workdir / "init.pt"
@@ -189,9 +177,12 @@ class TrainingHandler:
         elif spec.task == "classify":
             train, options["data"] = train_ultralytics, data_dir
         else:
+            # The manifest's resolved layout, never the archive's own YAML (data.yml,
+            # Roboflow's ../train/images): the gateway and the worker read the same thing.
             train = train_ultralytics
-            class_names = list(work.snapshot.class_names)
-            options["data"] = write_data_yaml(data_dir, class_names, workdir / "data.yaml")
+            data_yaml = workdir / "data.yaml"
+            data_yaml.write_text(yaml.safe_dump(dataset.ultralytics_data(), sort_keys=False))
+            options["data"] = data_yaml
 
         def training() -> TrainResult:
             try:
