@@ -119,6 +119,30 @@ def test_unauthenticated_hints_at_login(runner: CliRunner, gw: FakeGateway) -> N
     assert "not logged in to http://gw" in result.stderr and "visionmesh login" in result.stderr
 
 
+def test_a_throttled_login_says_when_to_retry_and_saves_nothing(
+    runner: CliRunner, gw: FakeGateway, config_dir: Path
+) -> None:
+    body = {
+        "code": 429,
+        "status": "RESOURCE_EXHAUSTED",
+        "message": "too many failed logins for this username; retry in 250s",
+        "details": [
+            {
+                "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+                "reason": "LOGIN_THROTTLED",
+                "metadata": {"retry_after_seconds": "250"},
+            },
+            {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "250s"},
+        ],
+    }
+    gw.on("POST /v1/auth/login", lambda _r: _json(body, 429))
+    result = gw.invoke(runner, "login", "-u", "ann", "-p", "pw-123456")
+    assert result.exit_code == 1
+    assert "retry in 250s" in result.stderr and "RESOURCE_EXHAUSTED" in result.stderr
+    assert len([r for r in gw.requests if r.url.path == "/v1/auth/login"]) == 1  # no retries
+    assert not (config_dir / "credentials.json").exists()
+
+
 def test_unreachable_gateway_is_reported_without_a_traceback(runner: CliRunner) -> None:
     hooks = Hooks(backoff_seconds=0)  # a real (refused) connection, retried without waiting
     result = runner.invoke(app, ["--gateway", "http://127.0.0.1:9", "whoami"], obj=hooks)

@@ -986,7 +986,7 @@ async def test_hashes_beyond_the_pool_queue_are_refused_at_once(
         for task in refused:
             error = task.exception()
             assert isinstance(error, ResourceExhausted), error
-            assert error.reason == "LOGIN_BUSY"
+            assert error.reason == "PASSWORD_HASHING_BUSY"
             assert error.metadata["retry_after_seconds"] == "1"
     finally:
         hasher.release.set()

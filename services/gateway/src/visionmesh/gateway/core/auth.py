@@ -186,7 +186,9 @@ class PasswordHashPool:
     async def run(self, function: Callable[..., _T], *args: Any) -> _T:
         if not self._slots.acquire(blocking=False):
             raise RetryLater(
-                "too many logins in progress", retry_after_seconds=1, reason="LOGIN_BUSY"
+                "too many logins and sign-ups in progress",
+                retry_after_seconds=1,
+                reason="PASSWORD_HASHING_BUSY",
             )
         try:
             future = self._executor.submit(function, *args)
