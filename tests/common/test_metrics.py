@@ -52,7 +52,13 @@ def _server(**overrides: Any) -> GrpcServer:
 def _handled(registry: CollectorRegistry, code: str) -> float | None:
     return registry.get_sample_value(
         "grpc_server_handled_total",
-        {"grpc_service": SERVICE, "grpc_method": "Echo", "grpc_type": "unary", "grpc_code": code},
+        {
+            "grpc_service": SERVICE,
+            "grpc_method": "Echo",
+            "grpc_type": "unary",
+            "transport": "grpc",
+            "grpc_code": code,
+        },
     )
 
 
@@ -73,7 +79,12 @@ async def test_server_counts_rpcs_by_method_and_code() -> None:
 
     assert _handled(server.registry, "OK") == 2
     assert _handled(server.registry, "NOT_FOUND") == 1
-    labels = {"grpc_service": SERVICE, "grpc_method": "Echo", "grpc_type": "unary"}
+    labels = {
+        "grpc_service": SERVICE,
+        "grpc_method": "Echo",
+        "grpc_type": "unary",
+        "transport": "grpc",
+    }
     assert server.registry.get_sample_value("grpc_server_started_total", labels) == 3
     assert server.registry.get_sample_value("grpc_server_handling_seconds_count", labels) == 3
 

@@ -37,7 +37,7 @@ from visionmesh.common.errors import (
     Unavailable,
 )
 from visionmesh.common.logging import bind_request_id, configure_logging, current_request_id
-from visionmesh.common.rpc import GrpcClient, GrpcServer, RetryPolicy, connect
+from visionmesh.common.rpc import GrpcClient, GrpcServer, RetryPolicy, ServerInterceptor, connect
 from visionmesh.common.settings import ServiceSettings
 
 pytestmark = pytest.mark.timeout(20)
@@ -120,6 +120,12 @@ class Probe:
             raise Unavailable("warming up")
         return StringValue(value=f"attempt {self.attempts}")
 
+    async def set_code(self, request: StringValue, context: Any) -> StringValue:
+        # Sets a status and returns, as generated servicer bases do, instead of raising.
+        context.set_code(grpc.StatusCode.FAILED_PRECONDITION)
+        context.set_details("not ready")
+        return StringValue()
+
     async def slow(self, request: StringValue, context: Any) -> StringValue:
         await asyncio.sleep(float(request.value))
         return StringValue(value="done")
@@ -145,6 +151,7 @@ class Probe:
                 "RequestId": unary(self.request_id),
                 "Flaky": unary(self.flaky),
                 "Slow": unary(self.slow),
+                "SetCode": unary(self.set_code),
                 "Size": unary(self.size, BytesValue, BytesValue),
                 "Big": unary(self.big, StringValue, BytesValue),
                 "Stream": grpc.unary_stream_rpc_method_handler(self.stream, **ser, **out),
@@ -415,7 +422,12 @@ async def test_handler_abort_keeps_its_own_status(
         await unary(channel, "Fail")(StringValue(value="abort"))
     assert excinfo.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert excinfo.value.details() == "handler aborted"
-    labels = {"grpc_service": PROBE, "grpc_method": "Fail", "grpc_type": "unary"}
+    labels = {
+        "grpc_service": PROBE,
+        "grpc_method": "Fail",
+        "grpc_type": "unary",
+        "transport": "grpc",
+    }
     handled = server.registry.get_sample_value(
         "grpc_server_handled_total", labels | {"grpc_code": "FAILED_PRECONDITION"}
     )
@@ -731,3 +743,36 @@ async def test_downstream_error_passes_through_a_relaying_service(
 async def test_wait_ready(server: GrpcServer) -> None:
     async with connect(f"127.0.0.1:{server.port}") as client:
         await client.wait_ready(within_seconds=2)
+
+
+# --- per-method handler cache ---------------------------------------------------------------
+
+
+async def test_wrapped_handlers_are_built_once_per_method(
+    channel: grpc.aio.Channel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """grpc.aio asks the interceptor on every call; wrapping is done once per method."""
+    built: list[str] = []
+    wrap = ServerInterceptor._wrap
+
+    def counting(self: ServerInterceptor, method: str, handler: Any) -> Any:
+        built.append(method)
+        return wrap(self, method, handler)
+
+    monkeypatch.setattr(ServerInterceptor, "_wrap", counting)
+    echo = unary(channel, "Echo")
+    request_id = unary(channel, "RequestId")
+    for i in range(5):
+        assert (await echo(StringValue(value=str(i)))).value == str(i)
+        # Per-call data still comes from each call, not from the first one.
+        ids = (("x-request-id", f"call-{i}"),)
+        assert (await request_id(StringValue(), metadata=ids)).value == f"call-{i}"
+    assert built == [f"/{PROBE}/Echo", f"/{PROBE}/RequestId"]
+
+
+async def test_status_set_without_raising_is_sent_with_details(channel: grpc.aio.Channel) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as excinfo:
+        await unary(channel, "SetCode")(StringValue(), metadata=(("x-request-id", "set-1"),))
+    assert excinfo.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert excinfo.value.details() == "not ready"
+    assert details_of(excinfo.value)["RequestInfo"].request_id == "set-1"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import weakref
 from dataclasses import dataclass
 from typing import Self
 from wsgiref.simple_server import WSGIServer
@@ -19,6 +20,7 @@ from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
 __all__ = [
+    "MethodMetrics",
     "MetricsHttpServer",
     "RpcMetrics",
     "new_registry",
@@ -60,7 +62,12 @@ def new_registry(*, process_metrics: bool = True) -> CollectorRegistry:
 
 @dataclass(frozen=True, slots=True)
 class RpcMetrics:
-    """Server RPC metrics, named like go-grpc-prometheus so stock dashboards work."""
+    """Server RPC metrics, named like go-grpc-prometheus so stock dashboards work.
+
+    Every series also carries `transport` (`grpc` or `rest`): the gateway serves the same
+    methods over both, through one request pipeline, so a method has one set of series
+    per transport and `sum without (transport)` gives the method's total.
+    """
 
     registry: CollectorRegistry
     started: Counter
@@ -69,7 +76,7 @@ class RpcMetrics:
 
     @classmethod
     def create(cls, registry: CollectorRegistry) -> Self:
-        labels = ("grpc_service", "grpc_method", "grpc_type")
+        labels = ("grpc_service", "grpc_method", "grpc_type", "transport")
         return cls(
             registry=registry,
             started=Counter(
@@ -93,14 +100,66 @@ class RpcMetrics:
             ),
         )
 
-    def observe_started(self, *, method: str, rpc_type: str) -> None:
-        service, name = split_method(method)
-        self.started.labels(service, name, rpc_type).inc()
+    @classmethod
+    def of(cls, registry: CollectorRegistry) -> RpcMetrics:
+        """The RPC metrics of `registry`, created on first use.
 
-    def observe_handled(self, *, method: str, rpc_type: str, code: str, seconds: float) -> None:
+        Servers of one process sharing a registry (the gateway's gRPC server and its REST
+        transcoder) share one set of metrics instead of failing on duplicate names.
+        """
+        with _SHARED_LOCK:
+            metrics = _SHARED.get(registry)
+            if metrics is None:
+                metrics = _SHARED[registry] = cls.create(registry)
+            return metrics
+
+    def for_method(self, method: str, *, rpc_type: str, transport: str) -> MethodMetrics:
+        """The label children of one method, resolved once (`labels()` costs a lock per call)."""
         service, name = split_method(method)
-        self.handled.labels(service, name, rpc_type, code).inc()
-        self.handling_seconds.labels(service, name, rpc_type).observe(seconds)
+        labels = (service, name, rpc_type, transport)
+        return MethodMetrics(
+            labels=labels,
+            _handled_family=self.handled,
+            _started=self.started.labels(*labels),
+            _seconds=self.handling_seconds.labels(*labels),
+            _handled={},
+        )
+
+    def observe_started(self, *, method: str, rpc_type: str, transport: str = "grpc") -> None:
+        service, name = split_method(method)
+        self.started.labels(service, name, rpc_type, transport).inc()
+
+    def observe_handled(
+        self, *, method: str, rpc_type: str, code: str, seconds: float, transport: str = "grpc"
+    ) -> None:
+        service, name = split_method(method)
+        self.handled.labels(service, name, rpc_type, transport, code).inc()
+        self.handling_seconds.labels(service, name, rpc_type, transport).observe(seconds)
+
+
+_SHARED: weakref.WeakKeyDictionary[CollectorRegistry, RpcMetrics] = weakref.WeakKeyDictionary()
+_SHARED_LOCK = threading.Lock()
+
+
+@dataclass(frozen=True, slots=True)
+class MethodMetrics:
+    """`RpcMetrics` bound to one method and transport; what the request pipeline records."""
+
+    labels: tuple[str, str, str, str]
+    _handled_family: Counter
+    _started: Counter
+    _seconds: Histogram
+    _handled: dict[str, Counter]
+
+    def started(self) -> None:
+        self._started.inc()
+
+    def handled(self, code: str, seconds: float) -> None:
+        child = self._handled.get(code)
+        if child is None:
+            child = self._handled[code] = self._handled_family.labels(*self.labels, code)
+        child.inc()
+        self._seconds.observe(seconds)
 
 
 def split_method(method: str) -> tuple[str, str]:

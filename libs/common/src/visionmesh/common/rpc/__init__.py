@@ -1,4 +1,4 @@
-"""gRPC plumbing every service shares: server bootstrap, client channel, the one interceptor."""
+"""RPC plumbing every service shares: server bootstrap, client channel, the request pipeline."""
 
 from __future__ import annotations
 
@@ -12,10 +12,17 @@ from visionmesh.common.rpc.client import (
     client_interceptors,
     connect,
 )
-from visionmesh.common.rpc.interceptors import (
+from visionmesh.common.rpc.interceptors import ServerInterceptor
+from visionmesh.common.rpc.pipeline import (
     INTERNAL_ERROR_MESSAGE,
     REQUEST_ID_METADATA_KEY,
-    ServerInterceptor,
+    TRANSPORT_GRPC,
+    TRANSPORT_REST,
+    MethodChain,
+    RequestPipeline,
+    ResponseStream,
+    RpcFailure,
+    request_id_from,
 )
 from visionmesh.common.rpc.server import HEALTH_SERVICE_NAME, GrpcServer, server_options
 
@@ -25,13 +32,20 @@ __all__ = [
     "HEALTH_SERVICE_NAME",
     "INTERNAL_ERROR_MESSAGE",
     "REQUEST_ID_METADATA_KEY",
+    "TRANSPORT_GRPC",
+    "TRANSPORT_REST",
     "CallPolicy",
     "GrpcClient",
     "GrpcServer",
+    "MethodChain",
+    "RequestPipeline",
+    "ResponseStream",
     "RetryPolicy",
+    "RpcFailure",
     "ServerInterceptor",
     "TokenProvider",
     "client_interceptors",
     "connect",
+    "request_id_from",
     "server_options",
 ]

@@ -1,54 +1,35 @@
-"""The server interceptor: request ids, logging, metrics, authentication and error mapping."""
+"""The gRPC adapter of the request pipeline: a grpc.aio server interceptor.
+
+All the work of a call (request id, authentication, validation, error mapping, metrics,
+access log) is the shared `RequestPipeline`; this module only plugs it into grpc.aio and
+turns a pipeline failure into the call's status (`abort_with_status`, rich details in the
+`grpc-status-details-bin` trailer).
+"""
 
 from __future__ import annotations
 
-import asyncio
 import inspect
-import re
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any
 
 import grpc
 import structlog
-from google.protobuf.message import Message
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
-from visionmesh.common.auth import Authenticator, Principal, bind_principal, is_always_public
-from visionmesh.common.errors import (
-    Internal,
-    Unauthenticated,
-    VisionMeshError,
-    from_rpc_error,
-    validate_message,
-)
-from visionmesh.common.logging import bind_request_id, get_logger, new_request_id
+from visionmesh.common.auth import Authenticator
 from visionmesh.common.metrics import RpcMetrics
+from visionmesh.common.rpc.pipeline import (
+    INTERNAL_ERROR_MESSAGE,
+    REQUEST_ID_METADATA_KEY,
+    TRANSPORT_GRPC,
+    MethodChain,
+    RequestPipeline,
+    RpcFailure,
+    RpcType,
+)
 
 __all__ = ["INTERNAL_ERROR_MESSAGE", "REQUEST_ID_METADATA_KEY", "ServerInterceptor"]
 
-REQUEST_ID_METADATA_KEY = "x-request-id"
-INTERNAL_ERROR_MESSAGE = "internal error"
-
-# Caller-supplied ids go into every log line; only accept ones that cannot forge log content.
-_REQUEST_ID_PATTERN = re.compile(r"[A-Za-z0-9._:-]{1,128}")
-
-# Codes that point at the server or its dependencies rather than at the caller's request.
-_SERVER_SIDE_CODES = frozenset(
-    {
-        grpc.StatusCode.INTERNAL,
-        grpc.StatusCode.UNKNOWN,
-        grpc.StatusCode.DATA_LOSS,
-        grpc.StatusCode.UNAVAILABLE,
-        grpc.StatusCode.DEADLINE_EXCEEDED,
-        grpc.StatusCode.UNIMPLEMENTED,
-    }
-)
-
-_CODE_BY_NUMBER = {code.value[0]: code for code in grpc.StatusCode}
-
 Behavior = Callable[..., Any]
+Context = grpc.aio.ServicerContext[Any, Any]
 
 
 def _metadata_mapping(metadata: Iterable[Any] | None) -> dict[str, str]:
@@ -60,131 +41,21 @@ def _metadata_mapping(metadata: Iterable[Any] | None) -> dict[str, str]:
     return result
 
 
-def _status_code(context: grpc.aio.ServicerContext[Any, Any]) -> grpc.StatusCode:
-    """The code a handler set via set_code/abort, OK when it set none."""
-    code: Any = context.code()
-    if isinstance(code, grpc.StatusCode):
-        return code
-    if isinstance(code, int):
-        return _CODE_BY_NUMBER.get(code, grpc.StatusCode.UNKNOWN)
-    return grpc.StatusCode.OK
-
-
-class _Call:
-    """Book-keeping for one RPC: request id, timing, final code, the log line and metrics."""
-
-    def __init__(
-        self,
-        interceptor: ServerInterceptor,
-        *,
-        method: str,
-        rpc_type: str,
-        metadata: Mapping[str, str],
-    ) -> None:
-        self.interceptor = interceptor
-        self.method = method
-        self.rpc_type = rpc_type
-        self.metadata = metadata
-        supplied = metadata.get(REQUEST_ID_METADATA_KEY, "")
-        self.request_id = supplied if _REQUEST_ID_PATTERN.fullmatch(supplied) else new_request_id()
-        self.code: grpc.StatusCode | None = None
-        self.error: VisionMeshError | None = None
-        self.started = time.perf_counter()
-
-    @contextmanager
-    def bound(self) -> Iterator[None]:
-        metrics = self.interceptor.metrics
-        if metrics is not None:
-            metrics.observe_started(method=self.method, rpc_type=self.rpc_type)
-        with bind_request_id(self.request_id):
-            try:
-                yield
-            except (asyncio.CancelledError, GeneratorExit):
-                self.code = self.code or grpc.StatusCode.CANCELLED
-                raise
-            except BaseException:
-                self.code = self.code or grpc.StatusCode.UNKNOWN
-                raise
-            finally:
-                self._record()
-
-    def _record(self) -> None:
-        code = self.code or grpc.StatusCode.OK
-        seconds = time.perf_counter() - self.started
-        metrics = self.interceptor.metrics
-        if metrics is not None:
-            metrics.observe_handled(
-                method=self.method, rpc_type=self.rpc_type, code=code.name, seconds=seconds
-            )
-        log = self.interceptor.log
-        fields: dict[str, Any] = {
-            "method": self.method,
-            "code": code.name,
-            "duration_ms": round(seconds * 1e3, 3),
-        }
-        if self.error is not None:
-            fields["reason"] = self.error.reason
-            fields["error"] = self.error.message
-        if is_always_public(self.method):
-            log.debug("rpc finished", **fields)
-        elif code in _SERVER_SIDE_CODES:
-            log.warning("rpc finished", **fields)
-        else:
-            log.info("rpc finished", **fields)
-
-    async def authenticate(self) -> Principal | None:
-        authenticator = self.interceptor.authenticator
-        if authenticator is None or is_always_public(self.method):
-            return None
-        principal = await authenticator.authenticate(method=self.method, metadata=self.metadata)
-        if principal is None and not authenticator.is_public(self.method):
-            raise Unauthenticated(
-                f"{self.method} requires credentials: send 'authorization: Bearer <token>'",
-                reason="TOKEN_MISSING",
-            )
-        return principal
-
-    def succeeded(self, context: grpc.aio.ServicerContext[Any, Any]) -> None:
-        self.code = _status_code(context)
-
-    def handler_aborted(self, context: grpc.aio.ServicerContext[Any, Any]) -> None:
-        code = _status_code(context)
-        self.code = code if code is not grpc.StatusCode.OK else grpc.StatusCode.UNKNOWN
-
-    async def abort_for(self, exc: Exception, context: grpc.aio.ServicerContext[Any, Any]) -> None:
-        """The one place exceptions become statuses; always raises (via context.abort)."""
-        error: VisionMeshError
-        if isinstance(exc, VisionMeshError):
-            error = exc
-        elif isinstance(exc, grpc.aio.AioRpcError):
-            # A downstream call failed and the handler let it through: pass its status on.
-            error = from_rpc_error(exc)
-        else:
-            self.interceptor.log.exception("unhandled exception in rpc handler", method=self.method)
-            error = Internal(INTERNAL_ERROR_MESSAGE)
-        self.code = error.grpc_code
-        self.error = error
-        status = error.to_rpc_status()
-        status.details.add().Pack(error_details_pb2.RequestInfo(request_id=self.request_id))
-        await context.abort_with_status(rpc_status.to_status(status))  # type: ignore[attr-defined]
-
-
-def _validate(request: Any) -> None:
-    """Contract field rules (buf.validate), checked for every unary request after auth, so
-    a caller without credentials learns nothing about the API from validation errors."""
-    if isinstance(request, Message):
-        validate_message(request)
-
-
 class ServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
-    """Every RPC, any arity: binds a request id, authenticates, maps errors, logs, measures.
+    """Runs every RPC, any arity, through the request pipeline.
 
     Domain errors (VisionMeshError) become their status code with rich details
     (ErrorInfo, BadRequest, ResourceInfo, RequestInfo); failed downstream calls keep their
     status; anything else becomes INTERNAL "internal error" with the traceback logged only.
     With an `authenticator`, a method that is neither always-public (health, reflection)
     nor public for the authenticator needs a principal, which handlers read through
-    `visionmesh.common.auth.current_principal()`.
+    `visionmesh.common.auth.current_principal()`. Pass `pipeline` to share one with
+    another transport (the gateway's REST layer); otherwise one is built from the rest.
+
+    grpc.aio asks the interceptor for a handler on every call. The wrapped handler of a
+    method is built once and reused for as long as the server returns the same inner
+    handler, so a call costs a dict lookup here instead of new closures and a new
+    RpcMethodHandler; per-call data (metadata) is read from the servicer context.
     """
 
     def __init__(
@@ -193,10 +64,21 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         authenticator: Authenticator | None = None,
         metrics: RpcMetrics | None = None,
         logger: structlog.stdlib.BoundLogger | None = None,
+        pipeline: RequestPipeline | None = None,
     ) -> None:
-        self.authenticator = authenticator
-        self.metrics = metrics
-        self.log = logger if logger is not None else get_logger("visionmesh.rpc")
+        self.pipeline = pipeline or RequestPipeline(
+            authenticator=authenticator, metrics=metrics, logger=logger
+        )
+        # method -> (the inner handler it was built for, the wrapped handler)
+        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
+
+    @property
+    def authenticator(self) -> Authenticator | None:
+        return self.pipeline.authenticator
+
+    @property
+    def metrics(self) -> RpcMetrics | None:
+        return self.pipeline.metrics
 
     async def intercept_service(  # type: ignore[override]  # None means "no such method"
         self,
@@ -207,87 +89,73 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         if handler is None:
             return None  # unknown method: grpc answers UNIMPLEMENTED itself
         method = handler_call_details.method
-        metadata = _metadata_mapping(handler_call_details.invocation_metadata)
+        cached = self._wrapped.get(method)
+        if cached is not None and cached[0] is handler:
+            return cached[1]
+        wrapped = self._wrap(method, handler)
+        self._wrapped[method] = (handler, wrapped)
+        return wrapped
 
-        def wrap(behavior: Behavior, rpc_type: str, *, streaming_response: bool) -> Behavior:
-            streams = inspect.isasyncgenfunction(behavior) or inspect.isgeneratorfunction(behavior)
-            if streaming_response and streams:
-                return self._wrap_generator(behavior, method, rpc_type, metadata)
-            return self._wrap_coroutine(behavior, method, rpc_type, metadata)
-
+    def _wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         options = {
             "request_deserializer": handler.request_deserializer,
             "response_serializer": handler.response_serializer,
         }
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
-                wrap(handler.unary_unary, "unary", streaming_response=False), **options
+                self._behavior(method, handler.unary_unary, "unary", streams=False), **options
             )
         if handler.unary_stream is not None:
             return grpc.unary_stream_rpc_method_handler(
-                wrap(handler.unary_stream, "server_stream", streaming_response=True), **options
+                self._behavior(method, handler.unary_stream, "server_stream", streams=True),
+                **options,
             )
         if handler.stream_unary is not None:
             return grpc.stream_unary_rpc_method_handler(
-                wrap(handler.stream_unary, "client_stream", streaming_response=False), **options
+                self._behavior(method, handler.stream_unary, "client_stream", streams=False),
+                **options,
             )
         if handler.stream_stream is not None:
             return grpc.stream_stream_rpc_method_handler(
-                wrap(handler.stream_stream, "bidi_stream", streaming_response=True), **options
+                self._behavior(method, handler.stream_stream, "bidi_stream", streams=True),
+                **options,
             )
         return handler
 
-    def _wrap_coroutine(
-        self, behavior: Behavior, method: str, rpc_type: str, metadata: Mapping[str, str]
+    def _behavior(
+        self, method: str, behavior: Behavior, rpc_type: RpcType, *, streams: bool
     ) -> Behavior:
-        """Unary responses, and streaming handlers that write through `context.write`."""
+        chain = self.pipeline.method(method, rpc_type=rpc_type, transport=TRANSPORT_GRPC)
+        generator = inspect.isasyncgenfunction(behavior) or inspect.isgeneratorfunction(behavior)
+        if streams and generator:
+            return _streaming(chain, behavior)
+        # Single responses, and streaming handlers that write through `context.write`.
+        return _single(chain, behavior)
 
-        async def handle(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-            call = _Call(self, method=method, rpc_type=rpc_type, metadata=metadata)
-            with call.bound():
-                try:
-                    with bind_principal(await call.authenticate()):
-                        _validate(request)
-                        result = behavior(request, context)
-                        if inspect.isawaitable(result):
-                            result = await result
-                    call.succeeded(context)
-                    return result
-                except grpc.aio.AbortError:
-                    call.handler_aborted(context)
-                    raise
-                except Exception as exc:
-                    await call.abort_for(exc, context)
-                    raise  # not reached: abort_for always raises
 
-        return handle
+def _single(chain: MethodChain, behavior: Behavior) -> Behavior:
+    async def handle(request: Any, context: Context) -> Any:
+        metadata = _metadata_mapping(context.invocation_metadata())
+        try:
+            return await chain.unary(metadata, request, behavior, context)
+        except RpcFailure as failure:
+            await context.abort_with_status(failure.grpc_status())  # type: ignore[attr-defined]
 
-    def _wrap_generator(
-        self, behavior: Behavior, method: str, rpc_type: str, metadata: Mapping[str, str]
-    ) -> Behavior:
-        """Streaming handlers written as (async) generators."""
+    return handle
 
-        async def handle(
-            request: Any, context: grpc.aio.ServicerContext[Any, Any]
-        ) -> AsyncIterator[Any]:
-            call = _Call(self, method=method, rpc_type=rpc_type, metadata=metadata)
-            with call.bound():
-                try:
-                    with bind_principal(await call.authenticate()):
-                        _validate(request)
-                        responses = behavior(request, context)
-                        if hasattr(responses, "__aiter__"):
-                            async for response in responses:
-                                yield response
-                        else:
-                            for response in responses:
-                                yield response
-                    call.succeeded(context)
-                except grpc.aio.AbortError:
-                    call.handler_aborted(context)
-                    raise
-                except Exception as exc:
-                    await call.abort_for(exc, context)
-                    raise  # not reached: abort_for always raises
 
-        return handle
+def _streaming(chain: MethodChain, behavior: Behavior) -> Behavior:
+    async def handle(request: Any, context: Context) -> AsyncIterator[Any]:
+        metadata = _metadata_mapping(context.invocation_metadata())
+        try:
+            responses = await chain.open_stream(metadata, request, behavior, context)
+            try:
+                async for response in responses:
+                    yield response
+            finally:
+                # Reached early only when grpc closes this generator (call cancelled).
+                await responses.aclose()
+        except RpcFailure as failure:
+            await context.abort_with_status(failure.grpc_status())  # type: ignore[attr-defined]
+
+    return handle

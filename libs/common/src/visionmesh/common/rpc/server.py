@@ -23,6 +23,7 @@ from visionmesh.common.metrics import (
     start_metrics_http_server,
 )
 from visionmesh.common.rpc.interceptors import ServerInterceptor
+from visionmesh.common.rpc.pipeline import RequestPipeline
 from visionmesh.common.settings import ServiceSettings
 
 __all__ = ["HEALTH_SERVICE_NAME", "GrpcServer", "server_options"]
@@ -74,9 +75,12 @@ class GrpcServer:
     ) -> None:
         self.settings = settings
         self.registry = registry if registry is not None else new_registry()
-        self.metrics = RpcMetrics.create(self.registry)
+        self.metrics = RpcMetrics.of(self.registry)
+        self.pipeline = RequestPipeline(authenticator=authenticator, metrics=self.metrics)
+        """The request pipeline every call runs through; hand it to other transports of
+        this process (the gateway's REST layer) so they share auth, errors and metrics."""
         self.health = health_aio.HealthServicer()
-        self._interceptor = ServerInterceptor(authenticator=authenticator, metrics=self.metrics)
+        self._interceptor = ServerInterceptor(pipeline=self.pipeline)
         self._extra_interceptors = tuple(interceptors)
         self._reflection = enable_reflection
         self._registrations: list[_Registration] = []

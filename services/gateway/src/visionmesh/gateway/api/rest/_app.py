@@ -1,4 +1,9 @@
-"""The REST/JSON transcoder: a raw ASGI app dispatching annotated routes to gRPC servicers."""
+"""The REST/JSON transcoder: a raw ASGI app dispatching annotated routes to gRPC servicers.
+
+It is the REST adapter of the shared request pipeline (`visionmesh.common.rpc.pipeline`):
+routes, binding and JSON are its own; authentication, validation, the call, error mapping,
+metrics and the access log are the pipeline's, exactly as for the gRPC server.
+"""
 
 from __future__ import annotations
 
@@ -7,28 +12,35 @@ import inspect
 import json
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-import grpc
 from google.protobuf.descriptor import Descriptor, FieldDescriptor, ServiceDescriptor
 from google.protobuf.message import Message
 from prometheus_client import CollectorRegistry
 from starlette.types import Receive, Scope, Send
-from visionmesh.common.auth import Authenticator, bind_principal
+from visionmesh.common.auth import Authenticator
 from visionmesh.common.errors import (
+    Cancelled,
     Internal,
     InvalidArgument,
     NotFound,
     ResourceExhausted,
     Unauthenticated,
     VisionMeshError,
-    from_rpc_error,
-    validate_message,
 )
-from visionmesh.common.logging import bind_request_id, get_logger, new_request_id
-from visionmesh.common.metrics import render_metrics
+from visionmesh.common.logging import bind_request_id, get_logger
+from visionmesh.common.metrics import RpcMetrics, render_metrics
+from visionmesh.common.rpc.pipeline import (
+    INTERNAL_ERROR_MESSAGE,
+    TRANSPORT_REST,
+    MethodChain,
+    RequestPipeline,
+    ResponseStream,
+    RpcFailure,
+    request_id_from,
+)
 from visionmesh.gateway.api.rest._binding import RequestBinder
 from visionmesh.gateway.api.rest._context import RestCallContext
 from visionmesh.gateway.api.rest._json import message_encoder
@@ -43,7 +55,6 @@ ReadinessCheck = Callable[[], Awaitable[Mapping[str, bool]]]
 """Returns named dependency checks (`{"database": True, "nats": False}`); ready when all pass."""
 
 REQUEST_ID_HEADER: Final = "x-request-id"
-_REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
 _JSON: Final = (b"content-type", b"application/json")
 _SSE_HEADERS: Final = (
     (b"content-type", b"text/event-stream"),
@@ -104,9 +115,9 @@ class _Endpoint:
     __slots__ = (
         "_encode",
         "binder",
+        "chain",
         "full_method",
         "handler",
-        "is_coroutine",
         "public",
         "response_descriptor",
         "response_field",
@@ -115,17 +126,30 @@ class _Endpoint:
         "validate",
     )
 
-    def __init__(self, route: HttpRoute, servicer: object, *, public: bool, validate: bool) -> None:
+    def __init__(
+        self,
+        route: HttpRoute,
+        servicer: object,
+        *,
+        pipeline: RequestPipeline,
+        public: bool,
+        validate: bool,
+    ) -> None:
         handler = getattr(servicer, route.method.name, None)
         if handler is None or not callable(handler):
             raise TypeError(f"{type(servicer).__name__} has no method {route.method.name}")
         self.route = route
         self.full_method = route.full_method
         self.handler: Callable[[Message, RestCallContext], Any] = handler
-        self.is_coroutine = inspect.iscoroutinefunction(handler)
         self.binder = RequestBinder(route)
         self.public = public
         self.validate = validate and _has_rules(route.method.input_type)
+        self.chain: MethodChain = pipeline.method(
+            route.full_method,
+            rpc_type="server_stream" if route.server_streaming else "unary",
+            transport=TRANSPORT_REST,
+            validate=self.validate,
+        )
         self.response_descriptor = route.method.output_type
         self._encode = message_encoder(route.method.output_type)
         self.response_field = (
@@ -147,6 +171,17 @@ class _Endpoint:
             )
             else None
         )
+
+    async def invoke(self, request: Message, context: RestCallContext) -> bytes:
+        """The servicer call as the pipeline runs it: the response, rendered as JSON.
+
+        Rendering inside the pipeline makes a servicer returning the wrong type an
+        INTERNAL error of the call (logged, counted) like any other handler bug.
+        """
+        result = self.handler(request, context)
+        if inspect.isawaitable(result):
+            result = await result
+        return self.render(result)
 
     def render(self, message: Any) -> bytes:
         if not isinstance(message, Message) or message.DESCRIPTOR is not self.response_descriptor:
@@ -171,8 +206,11 @@ class _Endpoint:
         return b"event: message\ndata: %s\n\n" % data
 
 
-class _ClientGone(Exception):
-    """The client disconnected before the request body arrived."""
+class _ClientGone(Cancelled):
+    """The client disconnected before the request body arrived (recorded as CANCELLED)."""
+
+    def __init__(self) -> None:
+        super().__init__("the client disconnected")
 
 
 class RestTranscoder:
@@ -180,24 +218,26 @@ class RestTranscoder:
 
     Routes, request binding and the OpenAPI document come only from the descriptors;
     each route calls `getattr(servicer, method.name)(request, context)` on the same
-    servicer object the gRPC server uses, with a RestCallContext. Before the call the
-    caller is authenticated (all HTTP headers, lower-cased, as metadata and
-    `/pkg.Service/Method` as the method, like the gRPC auth interceptor; None is only
-    accepted for `authenticator.is_public` methods), bound with `bind_principal`, and the
-    request is checked with `validate_message`. Also serves `/healthz`, `/readyz`,
-    `/metrics` and `/openapi.json`. Everything is compiled here, at construction; a
-    servicer missing an annotated method, a malformed annotation or two RPCs on one
-    route raise here.
+    servicer object the gRPC server uses, with a RestCallContext, through the same
+    `RequestPipeline` as the gRPC server: the caller is authenticated (all HTTP headers,
+    lower-cased, as metadata and `/pkg.Service/Method` as the method), the body is read
+    and bound only then, the request is validated, and errors, metrics
+    (`grpc_server_*{transport="rest"}`) and the access log are the pipeline's. Pass the
+    gRPC server's `pipeline` to share it; otherwise one is built from `authenticator`
+    and the RPC metrics of `registry`. Also serves `/healthz`, `/readyz`, `/metrics` and
+    `/openapi.json`. Everything is compiled here, at construction; a servicer missing an
+    annotated method, a malformed annotation or two RPCs on one route raise here.
 
         app = RestTranscoder(
             [(jobs_pb2.DESCRIPTOR.services_by_name["JobService"], job_servicer), ...],
-            authenticator=authenticator, readiness=check_ready, registry=registry,
+            pipeline=grpc_server.pipeline, readiness=check_ready, registry=registry,
         )
         server = await serve_rest(app, settings.rest_host, settings.rest_port)
 
     JSON is the proto3 mapping (lowerCamelCase names, enums by name, 64-bit integers as
     strings, Timestamps as RFC 3339) with fields without presence always written; errors
-    are `VisionMeshError.to_json()` with its HTTP status (unknown errors: 500, generic
+    are the pipeline's `google.rpc.Status` as JSON (`RpcFailure.to_json()`, the same
+    details a gRPC caller gets) with the error's HTTP status (unknown errors: 500, generic
     message, traceback logged). `comments` (see `comments_from_descriptor_set`) only
     enrich the OpenAPI document.
     """
@@ -206,14 +246,25 @@ class RestTranscoder:
         self,
         services: Iterable[tuple[ServiceDescriptor, object]],
         *,
-        authenticator: Authenticator,
+        authenticator: Authenticator | None = None,
+        pipeline: RequestPipeline | None = None,
         readiness: ReadinessCheck | None = None,
         registry: CollectorRegistry | None = None,
         config: RestConfig | None = None,
         comments: Mapping[str, str] | None = None,
     ) -> None:
         self.config = config or RestConfig()
-        self._authenticator = authenticator
+        if pipeline is None:
+            if authenticator is None:
+                raise TypeError("RestTranscoder needs an authenticator or a pipeline")
+            pipeline = RequestPipeline(
+                authenticator=authenticator,
+                metrics=RpcMetrics.of(registry) if registry is not None else None,
+            )
+        elif authenticator is not None and authenticator is not pipeline.authenticator:
+            raise ValueError("authenticator differs from the pipeline's; pass only one")
+        self.pipeline = pipeline
+        authenticator = pipeline.authenticator
         self._readiness = readiness
         self._registry = registry
         self._closing: asyncio.Event | None = None
@@ -224,7 +275,8 @@ class RestTranscoder:
             _Endpoint(
                 route,
                 servicer_by_service[route.method.containing_service.full_name],
-                public=authenticator.is_public(route.full_method),
+                pipeline=pipeline,
+                public=authenticator is None or authenticator.is_public(route.full_method),
                 validate=self.config.validate_requests,
             )
             for route in self.routes
@@ -328,7 +380,7 @@ class RestTranscoder:
         headers: list[tuple[bytes, bytes]] = scope["headers"]
         metadata = {key.decode("latin-1"): value.decode("latin-1") for key, value in headers}
         supplied = metadata.get(REQUEST_ID_HEADER)
-        request_id = supplied if supplied and _REQUEST_ID.fullmatch(supplied) else new_request_id()
+        request_id = request_id_from(metadata)
         if supplied != request_id:
             # Servicers see the id we use (generated, or replacing an unusable one).
             metadata[REQUEST_ID_HEADER] = request_id
@@ -347,11 +399,23 @@ class RestTranscoder:
                 return
             context = RestCallContext(headers=headers, client=scope.get("client"))
             try:
-                await self._dispatch(endpoint, values, scope, receive, send, metadata, context)
-            except _ClientGone:
-                context._mark_cancelled()
-            except Exception as exc:
-                await _send_error(send, _as_error(exc, endpoint, context, request_id), request_id)
+                await self._dispatch(
+                    endpoint, values, scope, receive, send, metadata, context, request_id
+                )
+            except RpcFailure as failure:
+                if isinstance(failure.error, _ClientGone):
+                    context._mark_cancelled()
+                else:
+                    await _send_failure(send, failure)
+            except Exception:
+                # Everything the servicer does is mapped by the pipeline; this is a fault of
+                # the transport itself (writing the response), still answered generically.
+                _log.exception("REST transport failed", method=endpoint.full_method)
+                await _send_error(
+                    send,
+                    Internal(INTERNAL_ERROR_MESSAGE, metadata={"request_id": request_id}),
+                    request_id,
+                )
             finally:
                 context._mark_done()
 
@@ -391,39 +455,31 @@ class RestTranscoder:
         send: Send,
         metadata: dict[str, str],
         context: RestCallContext,
+        request_id: str,
     ) -> None:
-        # Authenticate before touching the body: unauthenticated callers learn nothing.
-        principal = await self._authenticator.authenticate(
-            method=endpoint.full_method, metadata=metadata
-        )
-        if principal is None and not endpoint.public:
-            raise Unauthenticated(
-                "this operation requires credentials: send 'Authorization: Bearer <token>'",
-                reason="CREDENTIALS_MISSING",
+        route = endpoint.route
+
+        async def bind() -> Message:
+            # The pipeline calls this after authentication: the body of an unauthenticated
+            # caller is never read, so it learns nothing about the schema from errors.
+            body = await self._read_body(receive, metadata) if route.body else b""
+            return endpoint.binder.bind(
+                path_values,
+                scope.get("query_string", b""),
+                body,
+                metadata.get("last-event-id") if route.server_streaming else None,
             )
-        body = b""
-        if endpoint.route.body:
-            body = await self._read_body(receive, metadata)
-        request = endpoint.binder.bind(
-            path_values,
-            scope.get("query_string", b""),
-            body,
-            metadata.get("last-event-id") if endpoint.route.server_streaming else None,
+
+        chain = endpoint.chain
+        if route.server_streaming:
+            responses = await chain.open_stream(
+                metadata, None, endpoint.handler, context, request_id=request_id, bind=bind
+            )
+            await self._stream(endpoint, responses, context, receive, send, request_id)
+            return
+        payload: bytes = await chain.unary(
+            metadata, None, endpoint.invoke, context, request_id=request_id, bind=bind
         )
-        if endpoint.validate:
-            validate_message(request)
-        request_id = metadata[REQUEST_ID_HEADER]
-        with bind_principal(principal):
-            if endpoint.route.server_streaming:
-                await self._stream(endpoint, request, context, receive, send, request_id)
-                return
-            result = endpoint.handler(request, context)
-            if endpoint.is_coroutine or inspect.isawaitable(result):
-                result = await result
-        status_error = context.status_error()
-        if status_error is not None:
-            raise status_error
-        payload = endpoint.render(result)
         await send(
             {
                 "type": "http.response.start",
@@ -461,7 +517,7 @@ class RestTranscoder:
     async def _stream(
         self,
         endpoint: _Endpoint,
-        request: Message,
+        responses: ResponseStream,
         context: RestCallContext,
         receive: Receive,
         send: Send,
@@ -474,7 +530,7 @@ class RestTranscoder:
         queue, the client's disconnect and the app's shutdown, and writes heartbeats.
         """
         queue: asyncio.Queue[tuple[int, Any]] = asyncio.Queue(maxsize=16)
-        pump = asyncio.ensure_future(_pump(endpoint, request, context, queue))
+        pump = asyncio.ensure_future(_pump(responses, queue))
         gone = asyncio.ensure_future(_wait_disconnect(receive))
         closing = asyncio.ensure_future(self._closing_event().wait())
         get = asyncio.ensure_future(queue.get())
@@ -504,8 +560,7 @@ class RestTranscoder:
                     elif kind == _END:
                         chunk = _END_EVENT
                     else:
-                        error = _as_error(value, endpoint, context, request_id)
-                        chunk = b"event: error\ndata: %s\n\n" % _dumps(error.to_json())
+                        chunk = b"event: error\ndata: %s\n\n" % _dumps(value.to_json())
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
                     last_write = time.monotonic()
                     if kind != _MESSAGE:
@@ -574,35 +629,18 @@ class RestTranscoder:
 # --- helpers -------------------------------------------------------------------------------
 
 
-async def _pump(
-    endpoint: _Endpoint,
-    request: Message,
-    context: RestCallContext,
-    queue: asyncio.Queue[tuple[int, Any]],
-) -> None:
+async def _pump(responses: ResponseStream, queue: asyncio.Queue[tuple[int, Any]]) -> None:
     try:
-        result = endpoint.handler(request, context)
-        if inspect.isawaitable(result):
-            result = await result
-        iterator: AsyncIterator[Any] = result if hasattr(result, "__anext__") else _aiter(result)
-        try:
-            async for item in iterator:
-                await queue.put((_MESSAGE, item))
-        finally:
-            aclose = getattr(iterator, "aclose", None)
-            if aclose is not None:
-                await aclose()
-    except asyncio.CancelledError:
-        raise
-    except Exception as exc:
-        await queue.put((_ERROR, exc))
+        async for item in responses:
+            await queue.put((_MESSAGE, item))
+    except RpcFailure as failure:
+        await queue.put((_ERROR, failure))
         return
+    finally:
+        # A no-op when the stream ended; when the pump is cancelled (client gone, shutdown)
+        # it closes the servicer's iterator, whose `finally` blocks run before we answer.
+        await responses.aclose()
     await queue.put((_END, None))
-
-
-async def _aiter(items: Iterable[Any]) -> AsyncIterator[Any]:
-    for item in items:
-        yield item
 
 
 async def _wait_disconnect(receive: Receive) -> None:
@@ -618,24 +656,6 @@ def _sse_start(request_id: str) -> dict[str, Any]:
     }
 
 
-def _as_error(
-    exc: BaseException, endpoint: _Endpoint, context: RestCallContext, request_id: str
-) -> VisionMeshError:
-    """Any exception as the VisionMeshError the client sees; unknown ones are logged."""
-    if isinstance(exc, VisionMeshError):
-        return exc
-    if isinstance(exc, grpc.RpcError) and callable(getattr(exc, "code", None)):
-        # A downstream call failed and the servicer let it through: same status as gRPC.
-        return from_rpc_error(exc)  # type: ignore[arg-type]
-    status_error = context.status_error()
-    if status_error is not None:
-        # The servicer set a code before raising (generated base classes do this for
-        # unimplemented methods): grpc reports that code, so do we.
-        return status_error
-    _log.exception("unhandled error in REST call", method=endpoint.full_method, exc_info=exc)
-    return Internal("internal error", metadata={"request_id": request_id})
-
-
 def _method_not_allowed(http_method: str, path: str) -> VisionMeshError:
     error = InvalidArgument(f"{http_method} is not allowed on {path}", reason="METHOD_NOT_ALLOWED")
     error.http_status = 405  # type: ignore[misc]
@@ -648,13 +668,21 @@ def _too_large(limit: int) -> VisionMeshError:
     return error
 
 
+async def _send_failure(send: Send, failure: RpcFailure) -> None:
+    """A failed call: the pipeline's status as JSON, the same details gRPC callers get."""
+    await _send_error(send, failure.error, failure.request_id, body=failure.to_json())
+
+
 async def _send_error(
     send: Send,
     error: VisionMeshError,
     request_id: str | None,
     allowed: tuple[str, ...] = (),
+    *,
+    body: dict[str, Any] | None = None,
 ) -> None:
-    body = error.to_json()
+    if body is None:
+        body = error.to_json()
     headers = [(b"x-request-id", request_id.encode())] if request_id else []
     if isinstance(error, Unauthenticated):
         headers.append((b"www-authenticate", b"Bearer"))
