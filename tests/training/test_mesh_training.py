@@ -226,6 +226,7 @@ async def test_cancel_stops_a_running_job_at_a_batch_boundary(mesh: Mesh) -> Non
         assert not job.get("modelVersionId")
 
 
+@pytest.mark.timeout(420)
 async def test_killed_worker_job_resumes_from_its_checkpoint_on_a_new_worker(mesh: Mesh) -> None:
     async with mesh.http() as client:
         dataset = await _dataset(mesh, client, "detect")
@@ -284,6 +285,7 @@ async def _attempt_record(mesh: Mesh, job_id: str) -> AttemptRecord:
     return record
 
 
+@pytest.mark.timeout(420)
 async def test_sigterm_hands_the_job_back_without_spending_its_retry_budget(mesh: Mesh) -> None:
     async with mesh.http() as client:
         dataset = await _dataset(mesh, client, "classify")
@@ -322,6 +324,7 @@ async def _exited(process: Any) -> bool:
     return not process.running
 
 
+@pytest.mark.timeout(420)
 async def test_jobs_accepted_with_no_worker_all_run_and_a_fully_trained_one_finishes(
     mesh: Mesh,
 ) -> None:
