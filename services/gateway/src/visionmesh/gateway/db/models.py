@@ -254,3 +254,8 @@ class OutboxMessage(Base):
     published_at: Mapped[datetime | None] = mapped_column(default=None)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     last_error: Mapped[str] = mapped_column(Text, default="")
+    # A relay owns the row until then: while it publishes (so another replica does not
+    # send it too) or while a failed row waits out its retry backoff.
+    claimed_until: Mapped[datetime | None] = mapped_column(default=None)
+    # Set when the row can never be published; the relay skips it from then on.
+    dead_lettered_at: Mapped[datetime | None] = mapped_column(default=None)
