@@ -934,11 +934,11 @@ async def test_a_login_flood_does_not_delay_the_default_executor(
     db: Database, signing_key: Ed25519PrivateKey
 ) -> None:
     """S3 calls and readiness checks run on the loop's default executor; 50 logins in flight
-    (5 s of hashing) must not queue ahead of them there."""
+    (10 s of hashing) must not queue ahead of them there."""
     core = AuthCore(
         db=db,
         signing_key=signing_key,
-        password_hasher=SlowHasher(0.1),
+        password_hasher=SlowHasher(0.2),
         hash_pool=PasswordHashPool(workers=4, queue=64),
     )
     loop = asyncio.get_running_loop()
@@ -954,7 +954,7 @@ async def test_a_login_flood_does_not_delay_the_default_executor(
 
     assert not all(task.done() for task in logins)
     results = await asyncio.gather(*logins, return_exceptions=True)
-    assert waited < 0.25, f"a default-executor call waited {waited:.2f}s behind the logins"
+    assert waited < 0.5, f"a default-executor call waited {waited:.2f}s behind the logins"
     assert all(isinstance(r, Unauthenticated) for r in results), results
     core.close()
 
@@ -1200,7 +1200,7 @@ async def test_login_limits_over_rest(
         open_signup=True,
         login_max_failures_per_user=3,
         login_max_failures_per_address=5,
-        login_failure_window_seconds=4,
+        login_failure_window_seconds=8,
     )
     for username in ("root", "member1"):
         async with harness.http() as client:
@@ -1226,7 +1226,7 @@ async def test_login_limits_over_rest(
         assert throttled.status_code == 429, throttled.text
         body = throttled.json()
         assert body["status"] == "RESOURCE_EXHAUSTED"
-        assert 1 <= int(throttled.headers["retry-after"]) <= 4
+        assert 1 <= int(throttled.headers["retry-after"]) <= 8
         assert any(d["@type"].endswith("google.rpc.RetryInfo") for d in body["details"])
         assert (await login(one, "member1", PASSWORD)).status_code == 200
 
