@@ -12,6 +12,7 @@ import grpc
 import httpx
 import pytest
 import pytest_asyncio
+from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from visionmesh.api.training.v1 import training_pb2_grpc
 from visionmesh.common.auth import (
     ServiceTokenVerifier,
@@ -102,27 +103,33 @@ async def make_gateway(
     async def make(*, nats_url: str, database_url: str, **overrides: Any) -> GatewayHarness:
         root = tmp_path / f"gw-{len(started)}"
         root.mkdir()
-        key = generate_signing_key()
-        key_file = root / "signing.pem"
-        key_file.write_bytes(private_key_pem(key))
-        key_file.chmod(0o600)
+        # Replicas of one deployment share a key file: pass `signing_key_file`.
+        key_file = overrides.get("signing_key_file") or root / "signing.pem"
+        if key_file.exists():
+            key = load_pem_private_key(key_file.read_bytes(), password=None)
+        else:
+            key = generate_signing_key()
+            key_file.write_bytes(private_key_pem(key))
+            key_file.chmod(0o600)
         from visionmesh.common.auth import public_key_pem
 
         training = await start_training_server(root, public_key_pem(key.public_key()))
         settings = GatewaySettings(
-            grpc_port=0,
-            rest_port=0,
-            data_dir=root,
-            database_url=database_url,
-            nats_url=nats_url,
-            s3_endpoint=s3_server.endpoint,
-            s3_access_key=S3_ACCESS_KEY,
-            s3_secret_key=S3_SECRET_KEY,
-            s3_bucket=f"gw-{uuid.uuid4().hex[:16]}",
-            training_addr=f"127.0.0.1:{training.port}",
-            signing_key_file=key_file,
-            outbox_poll_seconds=0.2,
-            **overrides,
+            **{
+                "grpc_port": 0,
+                "rest_port": 0,
+                "data_dir": root,
+                "database_url": database_url,
+                "nats_url": nats_url,
+                "s3_endpoint": s3_server.endpoint,
+                "s3_access_key": S3_ACCESS_KEY,
+                "s3_secret_key": S3_SECRET_KEY,
+                "s3_bucket": f"gw-{uuid.uuid4().hex[:16]}",
+                "training_addr": f"127.0.0.1:{training.port}",
+                "signing_key_file": key_file,
+                "outbox_poll_seconds": 0.2,
+                **overrides,  # e.g. training_addr of a training service that is down
+            }
         )
         gateway = Gateway(settings)
         await gateway.start()

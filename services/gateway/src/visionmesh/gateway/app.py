@@ -37,7 +37,7 @@ from visionmesh.gateway.config import GatewaySettings
 from visionmesh.gateway.core.auth import AuthCore, load_or_create_signing_key
 from visionmesh.gateway.core.datasets import DatasetsCore
 from visionmesh.gateway.core.job_events import JobEventApplier, JobEventConsumer
-from visionmesh.gateway.core.jobs import CachedSpecValidator, JobsCore, JobWatchers
+from visionmesh.gateway.core.jobs import JobsCore, JobWatchers
 from visionmesh.gateway.core.outbox import OutboxRelay
 from visionmesh.gateway.core.registry import RegistryCore
 
@@ -91,7 +91,7 @@ class Gateway:
         self.bus = EventBus(servers=settings.nats_url, name=f"gateway-{os.getpid()}")
         signing_key = load_or_create_signing_key(settings)
         self.auth = AuthCore.from_settings(settings, db=self.db, signing_key=signing_key)
-        self.watchers = JobWatchers()
+        self.watchers = JobWatchers(self.db)
         self.relay = OutboxRelay(
             db=self.db,
             bus=self.bus,
@@ -117,7 +117,6 @@ class Gateway:
             db=self.db,
             store=self.store,
             datasets=self.datasets,
-            validate_training_spec=CachedSpecValidator(self._validate_training_spec),
             watchers=self.watchers,
             outbox_wakeup=self.relay.wakeup,
             presign_ttl=presign_ttl,
@@ -158,14 +157,6 @@ class Gateway:
         self.rest: RestServer | None = None
         self._tasks: list[asyncio.Task[None]] = []
 
-    async def _validate_training_spec(
-        self, spec: training_pb2.TrainingSpec, dataset_task: str
-    ) -> training_pb2.TrainingSpec:
-        response = await self._training_stub.ValidateSpec(
-            training_pb2.ValidateSpecRequest(spec=spec, dataset_task=dataset_task)
-        )
-        return response.spec
-
     async def readiness(self) -> Mapping[str, bool]:
         checks: dict[str, bool] = {"nats": self.bus.is_connected}
         try:
@@ -188,6 +179,7 @@ class Gateway:
         await self.store.ensure_bucket()
         await self.bus.connect()
         await ensure_job_streams(self.bus)
+        await self.watchers.start(self.bus)
         consumer = JobEventConsumer(
             bus=self.bus, applier=JobEventApplier(db=self.db, watchers=self.watchers)
         )
@@ -214,6 +206,7 @@ class Gateway:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        await self.watchers.stop()
         await self.training.close()
         await self.bus.close()
         self.store.close()

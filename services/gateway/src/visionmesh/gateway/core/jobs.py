@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import sys
-import time
-from collections import defaultdict
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -23,6 +23,9 @@ from visionmesh.api.training.v1 import training_pb2
 from visionmesh.common.auth import Principal, require_principal
 from visionmesh.common.db import Database
 from visionmesh.common.errors import FailedPrecondition, InvalidArgument, NotFound
+from visionmesh.common.events import EventBus
+from visionmesh.common.logging import get_logger
+from visionmesh.common.specs.training import check_spec
 from visionmesh.common.storage import ObjectStore
 from visionmesh.common.subjects import job_control_subject, job_request_subject
 from visionmesh.gateway.core import convert, states
@@ -30,67 +33,246 @@ from visionmesh.gateway.core.datasets import DatasetsCore
 from visionmesh.gateway.core.paging import newest_first, page_size, split_page
 from visionmesh.gateway.db import models as db
 
+_log = get_logger(__name__)
+
 SpecValidator = Callable[[training_pb2.TrainingSpec, str], Awaitable[training_pb2.TrainingSpec]]
 """Checks a training spec against a dataset task and returns it with defaults filled in."""
 
-_WATCH_POLL_SECONDS = 1.0
+_FALLBACK_POLL_SECONDS = 20.0
+_FEED_BUFFER = 1024
+_FEED_READ_LIMIT = 500
+JOB_UPDATED_SUBJECT = "vm.gateway.jobs.updated"
+"""Core NATS (no JetStream) subject on which gateway replicas tell each other which jobs got
+new events: the payload is the sender's replica id, then one job id a line."""
 
 
-class CachedSpecValidator:
-    """Remembers the training service's accepted specs for `ttl` seconds.
+async def validate_training_spec_locally(
+    spec: training_pb2.TrainingSpec, dataset_task: str
+) -> training_pb2.TrainingSpec:
+    """The workers' own spec checks, run in the gateway: intake needs no training service.
 
-    Validation is a pure function of (spec, dataset task) for a given training service
-    version, and teams submit the same spec over and over (sweeps over datasets, re-runs),
-    so a short cache saves a round trip per job; the TTL bounds staleness across a rollout
-    of the training service. Rejections are not cached.
+    Field-level InvalidArgument (`spec.imgsz`, ...) for a bad spec; the spec with its
+    defaults made explicit otherwise. Workers check again before they train.
+    """
+    return check_spec(spec, dataset_task=dataset_task)
+
+
+class _JobFeed:
+    """The live tail of one job's events, read once per wake-up and shared by its watchers.
+
+    `base` is the last sequence before the buffer; the buffer holds every event after it,
+    in order, up to `newest`. A watcher behind `base` reads its history from the database.
     """
 
-    def __init__(self, validate: SpecValidator, *, ttl: float = 60.0, size: int = 1024) -> None:
-        self._validate = validate
-        self._ttl = ttl
-        self._size = size
-        self._accepted: dict[tuple[bytes, str], tuple[float, bytes]] = {}
+    def __init__(self, job_id: str) -> None:
+        self.job_id = job_id
+        self.watchers = 0
+        self.base = 0
+        self.newest = 0
+        self.terminal = False
+        self.events: list[jobs_pb2.WatchJobResponse] = []
+        self.sequences: list[int] = []
+        self.changed = asyncio.Event()
+        self.dirty = asyncio.Event()
+        self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.task: asyncio.Task[None] | None = None
 
-    async def __call__(
-        self, spec: training_pb2.TrainingSpec, dataset_task: str
-    ) -> training_pb2.TrainingSpec:
-        key = (spec.SerializeToString(deterministic=True), dataset_task)
-        now_s = time.monotonic()
-        hit = self._accepted.get(key)
-        if hit is not None and hit[0] > now_s:
-            return training_pb2.TrainingSpec.FromString(hit[1])
-        normalized = await self._validate(spec, dataset_task)
-        if len(self._accepted) >= self._size:
-            self._accepted.pop(next(iter(self._accepted)))
-        self._accepted[key] = (now_s + self._ttl, normalized.SerializeToString())
-        return normalized
+    def since(self, sequence: int) -> list[jobs_pb2.WatchJobResponse] | None:
+        """Buffered events after `sequence`; None when they go back before the buffer."""
+        if sequence < self.base:
+            return None
+        return self.events[bisect.bisect_right(self.sequences, sequence) :]
+
+    def publish(self, events: list[jobs_pb2.WatchJobResponse], newest: int, terminal: bool) -> None:
+        if events:
+            self.events.extend(events)
+            self.sequences.extend(event.sequence for event in events)
+            self.newest = events[-1].sequence
+            overflow = len(self.events) - _FEED_BUFFER
+            if overflow > 0:
+                self.base = self.sequences[overflow - 1]
+                del self.events[:overflow]
+                del self.sequences[:overflow]
+        self.terminal = terminal and self.newest >= newest
+        changed, self.changed = self.changed, asyncio.Event()
+        changed.set()
 
 
 class JobWatchers:
-    """Wakes WatchJob streams when their job gets a new event.
+    """Live job events for WatchJob/SSE streams, fanned out in-process.
 
-    Only an optimisation: watchers also poll the database, so a gateway replica that did
-    not apply an event itself still delivers it within a second.
+    Every watched job has one feed: `notify(job_id)` (called after an event commits)
+    marks it dirty, its reader task reads the new events once and hands them to all of
+    the job's watchers, so N watchers cost one query per wake-up, not N per second. A
+    slow fallback poll only guards against a lost notification.
+
+    Several gateway replicas share the durable event consumer, so the replica that
+    applies an event may not be the one serving the watcher: after `start(bus)`, each
+    notify is also published on `JOB_UPDATED_SUBJECT` (core NATS) and every replica wakes
+    its own feeds for the jobs named there.
     """
 
-    def __init__(self) -> None:
-        self._events: dict[str, set[asyncio.Event]] = defaultdict(set)
+    def __init__(
+        self,
+        db: Database | None = None,
+        *,
+        fallback_poll_seconds: float = _FALLBACK_POLL_SECONDS,
+    ) -> None:
+        self.db = db
+        self.fallback_poll_seconds = fallback_poll_seconds
+        self.replica_id = uuid.uuid4().hex
+        self._feeds: dict[str, _JobFeed] = {}
+        self._bus: EventBus | None = None
+        self._subscription: Any = None
+        self._outgoing: set[str] = set()
+        self._sender: asyncio.Task[None] | None = None
+
+    # -- notification ---------------------------------------------------------------------
 
     def notify(self, job_id: str) -> None:
-        for event in self._events.get(job_id, ()):
-            event.set()
+        """`job_id` has new committed events: wake its watchers here and on other replicas."""
+        self._wake(job_id)
+        if self._bus is not None:
+            self._outgoing.add(job_id)
+            if self._sender is None or self._sender.done():
+                self._sender = asyncio.get_running_loop().create_task(self._send())
 
-    def register(self, job_id: str) -> asyncio.Event:
-        event = asyncio.Event()
-        self._events[job_id].add(event)
-        return event
+    def _wake(self, job_id: str) -> None:
+        feed = self._feeds.get(job_id)
+        if feed is not None:
+            feed.dirty.set()
 
-    def unregister(self, job_id: str, event: asyncio.Event) -> None:
-        waiting = self._events.get(job_id)
-        if waiting is not None:
-            waiting.discard(event)
-            if not waiting:
-                del self._events[job_id]
+    async def start(self, bus: EventBus) -> None:
+        """Joins the replicas' notifications (call once NATS is connected)."""
+        self._bus = bus
+        self._subscription = await bus.nc.subscribe(JOB_UPDATED_SUBJECT, cb=self._on_remote)
+
+    async def stop(self) -> None:
+        self._bus = None
+        if self._subscription is not None:
+            with contextlib.suppress(Exception):
+                await self._subscription.unsubscribe()
+            self._subscription = None
+        tasks = [feed.task for feed in self._feeds.values() if feed.task is not None]
+        if self._sender is not None:
+            tasks.append(self._sender)
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _send(self) -> None:
+        await asyncio.sleep(0)  # gather the notifications of this loop iteration
+        while self._outgoing and self._bus is not None:
+            job_ids, self._outgoing = self._outgoing, set()
+            payload = "\n".join([self.replica_id, *sorted(job_ids)]).encode()
+            try:
+                await self._bus.nc.publish(JOB_UPDATED_SUBJECT, payload)
+            except Exception as exc:  # the fallback poll covers a lost notification
+                _log.warning("job update notification not sent", error=repr(exc))
+
+    async def _on_remote(self, msg: Any) -> None:
+        origin, *job_ids = msg.data.decode(errors="replace").split("\n")
+        if origin == self.replica_id:
+            return
+        for job_id in job_ids:
+            self._wake(job_id)
+
+    # -- feeds ------------------------------------------------------------------------------
+
+    async def subscribe(self, job_id: str) -> _JobFeed:
+        """The job's feed, started on first use; pair with `unsubscribe`."""
+        feed = self._feeds.get(job_id)
+        if feed is None:
+            feed = self._feeds[job_id] = _JobFeed(job_id)
+            feed.task = asyncio.get_running_loop().create_task(
+                self._follow(feed), name=f"job-feed-{job_id}"
+            )
+        feed.watchers += 1
+        try:
+            await asyncio.shield(feed.ready)
+        except BaseException:
+            self.unsubscribe(feed)
+            raise
+        return feed
+
+    def unsubscribe(self, feed: _JobFeed) -> None:
+        feed.watchers -= 1
+        if feed.watchers <= 0 and self._feeds.get(feed.job_id) is feed:
+            del self._feeds[feed.job_id]
+            if feed.task is not None:
+                feed.task.cancel()
+
+    async def _follow(self, feed: _JobFeed) -> None:
+        try:
+            while True:
+                try:
+                    await self._refresh(feed)
+                except Exception as exc:
+                    if not feed.ready.done():
+                        feed.ready.set_exception(exc)
+                        feed.ready.exception()  # retrieved: awaited by subscribers
+                        return
+                    _log.exception("job feed read failed", job_id=feed.job_id)
+                    await asyncio.sleep(1.0)
+                    feed.dirty.set()
+                if not feed.ready.done():
+                    feed.ready.set_result(None)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(feed.dirty.wait(), self.fallback_poll_seconds)
+        finally:
+            if self._feeds.get(feed.job_id) is feed:
+                del self._feeds[feed.job_id]
+
+    async def _refresh(self, feed: _JobFeed) -> None:
+        if self.db is None:
+            raise RuntimeError("JobWatchers has no database")
+        while True:
+            feed.dirty.clear()
+            if not feed.ready.done():
+                # Start at the job's current end: watchers read older events themselves.
+                async with self.db.session() as session:
+                    row = (
+                        await session.execute(
+                            select(db.Job.last_event_sequence, db.Job.state).where(
+                                db.Job.id == feed.job_id
+                            )
+                        )
+                    ).one_or_none()
+                newest, state = (row[0], row[1]) if row is not None else (0, states.PENDING)
+                feed.base = feed.newest = newest
+                feed.publish([], newest, state in states.TERMINAL)
+                return
+            events, newest, terminal = await read_events(self.db, feed.job_id, feed.newest)
+            feed.publish(events, newest, terminal)
+            if feed.newest >= newest:
+                return
+
+
+async def read_events(
+    database: Database, job_id: str, after: int, *, limit: int = _FEED_READ_LIMIT
+) -> tuple[list[jobs_pb2.WatchJobResponse], int, bool]:
+    """Up to `limit` stored events of the job after sequence `after`, its newest sequence,
+    and whether it is terminal: one short transaction."""
+    async with database.session() as session:
+        payloads = (
+            await session.scalars(
+                select(db.JobEvent.payload)
+                .where(db.JobEvent.job_id == job_id, db.JobEvent.sequence > after)
+                .order_by(db.JobEvent.sequence)
+                .limit(limit)
+            )
+        ).all()
+        head = (
+            await session.execute(
+                select(db.Job.last_event_sequence, db.Job.state).where(db.Job.id == job_id)
+            )
+        ).one_or_none()
+    events = [jobs_pb2.WatchJobResponse.FromString(payload) for payload in payloads]
+    if head is None:
+        return events, events[-1].sequence if events else after, False
+    return events, head[0], head[1] in states.TERMINAL
 
 
 def now() -> datetime:
@@ -233,16 +415,18 @@ class JobsCore:
         db: Database,
         store: ObjectStore,
         datasets: DatasetsCore,
-        validate_training_spec: SpecValidator,
         watchers: JobWatchers,
+        validate_training_spec: SpecValidator | None = None,
         outbox_wakeup: Callable[[], None] = lambda: None,
         presign_ttl: timedelta = timedelta(hours=1),
     ) -> None:
         self._db = db
         self._store = store
         self._datasets = datasets
-        self._validate_training_spec = validate_training_spec
+        self._validate_training_spec = validate_training_spec or validate_training_spec_locally
         self._watchers = watchers
+        if watchers.db is None:
+            watchers.db = db
         self._outbox_wakeup = outbox_wakeup
         self._presign_ttl = presign_ttl
         self._writer = GroupCommitWriter(db)
@@ -438,35 +622,27 @@ class JobsCore:
     async def watch(
         self, job_id: str, after_sequence: int
     ) -> AsyncIterator[jobs_pb2.WatchJobResponse]:
-        """Yields stored events after `after_sequence`, then live ones, until terminal."""
+        """Yields stored events after `after_sequence`, then live ones, until terminal.
+
+        History comes from the database; live events from the job's shared feed, which
+        reads each batch of new events once for all of the job's watchers.
+        """
         async with self._db.session() as session:
             await self._job_row(session, job_id)
-        wakeup = self._watchers.register(job_id)
+        feed = await self._watchers.subscribe(job_id)
         last = after_sequence
         try:
             while True:
-                wakeup.clear()
-                async with self._db.session() as session:
-                    rows = (
-                        await session.scalars(
-                            select(db.JobEvent)
-                            .where(db.JobEvent.job_id == job_id, db.JobEvent.sequence > last)
-                            .order_by(db.JobEvent.sequence)
-                            .limit(500)
-                        )
-                    ).all()
-                    job = await session.get(db.Job, job_id)
-                    newest = job.last_event_sequence if job else last
-                    terminal = job is not None and job.state in states.TERMINAL
-                for row in rows:
-                    event = jobs_pb2.WatchJobResponse.FromString(row.payload)
+                changed = feed.changed  # taken first: a batch landing meanwhile sets it
+                events = feed.since(last)
+                if events is None:  # older than the feed's buffer
+                    events, _, _ = await read_events(self._db, job_id, last)
+                for event in events:
                     last = event.sequence
                     yield event
-                if terminal and last >= newest:
+                if feed.terminal and last >= feed.newest:
                     return
-                if rows and last < newest:
-                    continue
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(wakeup.wait(), _WATCH_POLL_SECONDS)
+                if not events:
+                    await changed.wait()
         finally:
-            self._watchers.unregister(job_id, wakeup)
+            self._watchers.unsubscribe(feed)
