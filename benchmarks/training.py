@@ -29,25 +29,12 @@ from visionmesh.cli.synth import make_detect_dataset, zip_dataset
 
 
 def direct(data_yaml: Path, workdir: Path, spec: dict, device: str) -> dict:
-    """Ultralytics directly, in a fresh process, with the very arguments a job uses."""
-    core_spec = {
-        "framework": spec["framework"],
-        "task": spec["task"],
-        "model": spec["model"],
-        "epochs": spec["epochs"],
-        "imgsz": spec["imgsz"],
-        "batch": spec["batch"],
-        "optimizer": spec["optimizer"],
-        "lr0": spec["lr0"],
-        "seed": spec["seed"],
-        "device": device,
-    }
+    """Ultralytics directly, in a fresh process, with the arguments the reference spells out."""
     out = subprocess.run(
         [
             sys.executable,
-            "-m",
-            "visionmesh.training.reference",
-            json.dumps(core_spec),
+            str(Path(__file__).parents[1] / "scripts" / "ultralytics_reference.py"),
+            json.dumps({**spec, "device": device}),
             str(data_yaml),
             str(workdir),
         ],
@@ -128,8 +115,14 @@ def main() -> None:
     print(f"  Ultralytics directly: {direct_run['seconds']:.1f} s")
     print(f"  through the mesh:     {mesh_run['seconds']:.1f} s (create job -> SUCCEEDED)")
     print(f"  ratio mesh/direct:    {ratio:.3f} (goal <= 1.10)")
-    for name in ("map50", "map50_95", "precision", "recall"):
-        d = direct_run["metrics"].get(name, float("nan"))
+    ultralytics_keys = {
+        "map50": "metrics/mAP50(B)",
+        "map50_95": "metrics/mAP50-95(B)",
+        "precision": "metrics/precision(B)",
+        "recall": "metrics/recall(B)",
+    }
+    for name, key in ultralytics_keys.items():
+        d = direct_run["metrics"].get(key, float("nan"))
         m = mesh_run["metrics"].get(name, float("nan"))
         print(f"  {name:10} direct {d:.4f}  mesh {m:.4f}  diff {abs(d - m):.2e}")
     print(json.dumps({"direct": direct_run, "mesh": mesh_run, "ratio": ratio}))
