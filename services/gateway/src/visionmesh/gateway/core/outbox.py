@@ -130,8 +130,8 @@ class OutboxRelay:
         return len(result.published), len(result.retried) + len(result.dead)
 
     async def _round(self) -> _Round:
-        rows = await self._claim()
-        result = _Round(claimed=len(rows))
+        rows, claimed = await self._claim()
+        result = _Round(claimed=claimed)
         if not rows:
             return result
         outcomes = await asyncio.gather(
@@ -145,9 +145,9 @@ class OutboxRelay:
             elif isinstance(outcome, _Unpublishable) or (
                 isinstance(outcome, _Rejected) and row.attempts + 1 >= self._max_attempts
             ):
-                result.dead.append((row, str(outcome)))
+                result.dead.append((row, str(outcome) or repr(outcome)))
             else:
-                result.retried.append((row, str(outcome)))
+                result.retried.append((row, str(outcome) or repr(outcome)))
         changed = await self._settle(result)
         if result.retried:
             _log.warning(
@@ -168,9 +168,9 @@ class OutboxRelay:
             self._watchers.notify(job_id)
         return result
 
-    async def _claim(self) -> list[_Row]:
-        """Takes due rows for this relay until the lease ends; the rest of the round
-        runs outside this transaction."""
+    async def _claim(self) -> tuple[list[_Row], int]:
+        """Takes due rows for this relay until the lease ends; the rest of the round runs
+        outside this transaction. Returns the rows to publish and how many rows it took."""
         outbox = db.OutboxMessage
         at = now()
         # The lease outlives the publish, so no other replica sends the row meanwhile; if
@@ -200,7 +200,7 @@ class OutboxRelay:
                 query = query.with_for_update(skip_locked=True)
             rows = [_Row(**row._mapping) for row in (await session.execute(query)).all()]
             if not rows:
-                return []
+                return [], 0
             job_ids = {row.job_id for row in rows if row.job_id}
             ended: set[str] = set()
             if job_ids:
@@ -228,7 +228,7 @@ class OutboxRelay:
                     .where(outbox.id.in_([row.id for row in due]))
                     .values(claimed_until=at + lease)
                 )
-        return due
+        return due, len(rows)
 
     async def _settle(self, result: _Round) -> set[str]:
         """Records a round's outcome in one short transaction; returns the jobs it changed."""
