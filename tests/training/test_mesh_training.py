@@ -12,6 +12,7 @@ from typing import Any
 
 import httpx
 import pytest
+import yaml
 from visionmesh.cli.synth import make_classify_dataset, make_detect_dataset, zip_dataset
 from visionmesh.common.events import EventBus
 from visionmesh.common.jobs import AttemptLedger, AttemptRecord
@@ -285,6 +286,46 @@ async def _attempt_record(mesh: Mesh, job_id: str) -> AttemptRecord:
         record = await (await AttemptLedger.open(bus)).get(job_id)
     assert record is not None
     return record
+
+
+def _relayout(root: Path, layout: str) -> None:
+    """The synthetic detect dataset as other tools write it."""
+    if layout == "data.yml":
+        (root / "data.yaml").rename(root / "data.yml")
+        return
+    # Roboflow: split folders at the top, `../train/images` in the YAML.
+    for split, folder in (("train", "train"), ("val", "valid")):
+        for kind in ("images", "labels"):
+            (root / folder).mkdir(exist_ok=True)
+            (root / kind / split).rename(root / folder / kind)
+    for kind in ("images", "labels"):
+        (root / kind).rmdir()
+    config = yaml.safe_load((root / "data.yaml").read_text())
+    config.pop("path", None)
+    config.update(train="../train/images", val="../valid/images")
+    (root / "data.yaml").write_text(yaml.safe_dump(config))
+
+
+@pytest.mark.parametrize("layout", ["data.yml", "roboflow"])
+async def test_datasets_in_other_layouts_train_through_the_mesh(mesh: Mesh, layout: str) -> None:
+    """The gateway and the worker read one resolved layout from the manifest: a data.yml
+    (which once passed the gateway and failed in the worker) and a Roboflow export."""
+    root = mesh.tmp / f"layout-{layout}"
+    make_detect_dataset(root, n_train=8, n_val=4, imgsz=64, seed=0)
+    _relayout(root, layout)
+    archive = zip_dataset(root, mesh.tmp / f"layout-{layout}.zip")
+    async with mesh.http() as client:
+        result = await upload_dataset(client, archive, name=f"layout-{layout}")
+        assert result["http_status"] == 200, result
+        spec = {**DETECT_SPEC, "epochs": 1}
+        job_id = (
+            await client.post(
+                "/v1/training/jobs", json={"datasetId": result["dataset"]["id"], "spec": spec}
+            )
+        ).json()["job"]["id"]
+        await _events(client, job_id)
+        job = await _job(client, job_id)
+    assert job["state"] == "JOB_STATE_SUCCEEDED", job
 
 
 @pytest.mark.timeout(420)
