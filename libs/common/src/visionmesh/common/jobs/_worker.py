@@ -8,9 +8,9 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 import nats.js.errors
 from visionmesh.api.common.v1 import job_pb2
@@ -402,13 +402,8 @@ class JobWorker:
                 except Exception as exc:
                     _log.warning("heartbeat failed", error=repr(exc))
 
-        task = asyncio.create_task(beat())
-        try:
+        async with _background(beat(), name="heartbeat"):
             yield
-        finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
         if job.stop.is_set() and not self._stopping.is_set():
             raise StaleAttemptError(f"attempt {job.attempt} of {job.job_id} was superseded")
 
@@ -420,17 +415,36 @@ class JobWorker:
 
         async def watch() -> None:
             async for message in subscription:
-                control = message.decode(events_pb2.JobControl)
+                try:
+                    control = message.decode(events_pb2.JobControl)
+                except Exception as exc:
+                    _log.warning("undecodable job control message ignored", error=repr(exc))
+                    continue
                 if control.action == events_pb2.JOB_CONTROL_ACTION_CANCEL:
                     _log.info("cancel requested; stopping at the next batch")
                     job.cancel.set()
 
-        task = asyncio.create_task(watch())
         try:
-            yield
+            async with _background(watch(), name="cancel watch"):
+                yield
         finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
             with contextlib.suppress(Exception):
                 await subscription.close()
+
+
+@contextlib.asynccontextmanager
+async def _background(work: Coroutine[Any, Any, None], *, name: str) -> AsyncIterator[None]:
+    """Runs `work` beside the body and cancels it after; its death is logged, never silent."""
+
+    def report(task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            _log.error(f"{name} task died", error=repr(task.exception()))
+
+    task = asyncio.create_task(work, name=name)
+    task.add_done_callback(report)
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(BaseException):
+            await task

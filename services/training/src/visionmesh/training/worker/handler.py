@@ -28,6 +28,7 @@ from visionmesh.common.logging import get_logger
 from visionmesh.common.storage import ObjectStore
 from visionmesh.training.core import (
     EpochResult,
+    InvalidSpecError,
     ProgressUpdate,
     TrainerHooks,
     TrainResult,
@@ -127,6 +128,9 @@ class TrainingHandler:
             return await self._run(job, workdir, training_done)
         except DataError as exc:
             raise PermanentJobError("DATA_CORRUPT", str(exc)) from exc
+        except InvalidSpecError as exc:
+            # The gateway validated it; a worker whose catalogue differs says so here.
+            raise PermanentJobError("INVALID_SPEC", str(exc)) from exc
         finally:
             # A handler abandoned after the graceful-stop deadline leaves its training
             # thread running: never delete the files under it.
