@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -12,8 +13,11 @@ import httpx
 from sqlalchemy import select
 from visionmesh.api.common.v1 import job_pb2
 from visionmesh.api.events.v1 import events_pb2
+from visionmesh.common.db import Database, run_migrations
 from visionmesh.common.embedded import NatsServer
-from visionmesh.common.subjects import job_request_subject
+from visionmesh.common.events import EventBus
+from visionmesh.common.subjects import job_control_subject, job_request_subject
+from visionmesh.gateway.app import MIGRATIONS
 from visionmesh.gateway.core.jobs import now
 from visionmesh.gateway.core.outbox import DEAD_LETTER_REASON, OutboxRelay
 from visionmesh.gateway.db import models as db
@@ -232,5 +236,52 @@ async def test_a_row_being_published_is_not_taken_by_another_relay(
             task.cancel()
         await asyncio.gather(*rounds, return_exceptions=True)
     finally:
+        if nats.running:
+            await nats.stop()
+
+
+class _NoWatchers:
+    def notify(self, job_id: str) -> None:
+        pass
+
+
+async def test_a_row_failing_for_hours_keeps_its_backoff_bounded(
+    tmp_path: Path, database_url: str
+) -> None:
+    await run_migrations(database_url=database_url, script_location=MIGRATIONS)
+    nats = NatsServer(store_dir=tmp_path / "nats-store", log_dir=tmp_path)
+    await nats.start()
+    await nats.wait_ready()
+    database = Database(database_url)
+    try:
+        async with EventBus(servers=nats.url, name="relay") as bus:
+            await nats.stop()
+            relay = OutboxRelay(
+                db=database,
+                bus=bus,
+                watchers=_NoWatchers(),  # type: ignore[arg-type]
+                publish_timeout=0.5,
+            )
+            control = events_pb2.JobControl(job_id="j", action=events_pb2.JOB_CONTROL_ACTION_CANCEL)
+            async with database.session() as session:
+                # An outage of hours: thousands of failed attempts already.
+                row = db.OutboxMessage(
+                    subject=job_control_subject("j"),
+                    msg_id="j/cancel",
+                    payload_type=control.DESCRIPTOR.full_name,
+                    payload=control.SerializeToString(),
+                    attempts=5000,
+                )
+                session.add(row)
+            tried = now()
+            assert await relay.relay_once() == (0, 1)
+            async with database.session() as session:
+                stored = await session.get(db.OutboxMessage, row.id)
+                assert stored is not None
+                assert stored.attempts == 5001 and stored.dead_lettered_at is None
+                assert stored.claimed_until is not None
+                assert stored.claimed_until <= tried + timedelta(seconds=15)
+    finally:
+        await database.dispose()
         if nats.running:
             await nats.stop()

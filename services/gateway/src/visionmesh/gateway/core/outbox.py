@@ -60,6 +60,12 @@ class _Round:
     dead: list[tuple[_Row, str]] = field(default_factory=list)
 
 
+def _backoff(base: float, failures: int, cap: float) -> float:
+    """`base` doubled per failure, at most `cap`; the exponent is bounded because a row can
+    fail for hours (2 ** 1024 no longer converts to a float)."""
+    return min(base * 2 ** min(failures, 32), cap)
+
+
 class OutboxRelay:
     """Moves outbox rows to JetStream; the message id (job id) makes re-sends harmless.
 
@@ -120,7 +126,7 @@ class OutboxRelay:
                     continue  # more rows are waiting
             # Failed rows wait out their own backoff, so only a failing database (a round
             # that raised) slows the loop down.
-            wait = min(self._poll_seconds * 2**errors, 10.0)
+            wait = _backoff(self._poll_seconds, errors, 10.0) if errors else self._poll_seconds
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wakeup.wait(), wait)
 
@@ -243,9 +249,7 @@ class OutboxRelay:
                     .values(published_at=at, claimed_until=None)
                 )
             for row, error in result.retried:
-                retry_in = min(
-                    self._poll_seconds * 2 ** (row.attempts + 1), self._max_retry_seconds
-                )
+                retry_in = _backoff(self._poll_seconds, row.attempts + 1, self._max_retry_seconds)
                 await session.execute(
                     update(outbox)
                     .where(outbox.id == row.id)
