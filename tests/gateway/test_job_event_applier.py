@@ -230,6 +230,7 @@ async def test_forged_artifact_keys_outside_the_jobs_prefix_are_refused(
             f"jobs/{job_id}/",
             f"jobs/{job_id}x/best.pt",
             f"jobs/{job_id}/a\\..\\b",
+            f"jobs/{job_id}/{'x' * 600}",
         ]
         for key in forged:
             await worker.artifact("best.pt", key, 7)

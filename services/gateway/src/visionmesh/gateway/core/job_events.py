@@ -27,6 +27,9 @@ def _event_time(event: events_pb2.JobEvent) -> datetime:
     return event.time.ToDatetime(tzinfo=now().tzinfo) if event.HasField("time") else now()
 
 
+_MAX_KEY_LENGTH = 512  # db.Artifact.key
+
+
 def _owned_key(job: db.Job, key: str) -> bool:
     """True when `key` lies under the job's own artifact prefix, without path tricks.
 
@@ -35,12 +38,14 @@ def _owned_key(job: db.Job, key: str) -> bool:
     whoever can publish job events, expose any object in the bucket: another tenant's
     dataset or model. Empty, `.` and `..` segments are refused, as are backslashes and
     control characters, since clients and proxies may normalise them into another key.
+    A key longer than the column would fail the insert on every redelivery.
     """
     prefix = f"jobs/{job.id}/"
     rest = key.removeprefix(prefix)
     ok = (
         key.startswith(prefix)
         and bool(rest)
+        and len(key) <= _MAX_KEY_LENGTH
         and "\\" not in rest
         and all(char.isprintable() for char in rest)
         and all(part not in ("", ".", "..") for part in rest.split("/"))
