@@ -5,22 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from pydantic import Field
-from visionmesh.common.settings import (
-    JobWorkerSettings,
-    NatsSettings,
-    ObjectStoreSettings,
-    ServiceSettings,
-    ServiceTokenAuthSettings,
-)
+from visionmesh.common.jobs import WorkerServiceSettings
 
 
-class TrainingSettings(
-    NatsSettings,
-    ObjectStoreSettings,
-    ServiceTokenAuthSettings,
-    JobWorkerSettings,
-    ServiceSettings,
-):
+class TrainingSettings(WorkerServiceSettings):
     """Ports, peers and worker tuning of the training service."""
 
     service_name: str = "training"

@@ -18,7 +18,12 @@ from visionmesh.common.jobs._ledger import (
 )
 from visionmesh.common.jobs._metrics import JobMetrics
 from visionmesh.common.jobs._reporter import EventsUndeliverable, JobReporter
-from visionmesh.common.jobs._service import serve_workers
+from visionmesh.common.jobs._service import (
+    WorkerServiceSettings,
+    serve_worker_service,
+    serve_workers,
+    worker_spec,
+)
 from visionmesh.common.jobs._worker import (
     JobContext,
     JobHandler,
@@ -45,8 +50,11 @@ __all__ = [
     "RetryClass",
     "StaleAttemptError",
     "TransientJobError",
+    "WorkerServiceSettings",
     "backoff_seconds",
     "classify",
     "is_out_of_memory",
+    "serve_worker_service",
     "serve_workers",
+    "worker_spec",
 ]

@@ -4,12 +4,27 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
 
 from grpc_health.v1 import health_pb2
-from visionmesh.common.jobs._worker import JobWorker
+from visionmesh.common.events import EventBus
+from visionmesh.common.jobs._metrics import JobMetrics
+from visionmesh.common.jobs._worker import JobHandler, JobWorker, JobWorkerSpec
 from visionmesh.common.logging import get_logger
 from visionmesh.common.rpc import GrpcServer
+from visionmesh.common.settings import (
+    JobWorkerSettings,
+    NatsSettings,
+    ObjectStoreSettings,
+    ServiceSettings,
+    ServiceTokenAuthSettings,
+    service_token_authenticator,
+)
+from visionmesh.common.storage import ObjectStore
+from visionmesh.common.subjects import ensure_job_streams, job_kind_token
 
 _log = get_logger(__name__)
 
@@ -63,3 +78,67 @@ async def serve_workers(server: GrpcServer, workers: list[JobWorker]) -> int:
             loop.remove_signal_handler(sig)
         await server.stop()
     return exit_code
+
+
+class WorkerServiceSettings(
+    NatsSettings,
+    ObjectStoreSettings,
+    ServiceTokenAuthSettings,
+    JobWorkerSettings,
+    ServiceSettings,
+):
+    """What every worker service is configured with; services add their own fields."""
+
+
+class RegisterFn(Protocol):
+    def __call__(self, servicer: Any, server: Any, /) -> None: ...
+
+
+def worker_spec(kind: int, settings: JobWorkerSettings) -> JobWorkerSpec:
+    return JobWorkerSpec(
+        kind=kind,
+        ack_wait_seconds=settings.ack_wait_seconds,
+        heartbeat_seconds=settings.heartbeat_seconds,
+        max_deliveries=settings.max_deliveries,
+        transient_retry_limit=settings.transient_retry_limit,
+        graceful_stop_seconds=settings.graceful_stop_seconds,
+    )
+
+
+async def serve_worker_service(
+    settings: WorkerServiceSettings,
+    *,
+    kind: int,
+    handler: Callable[[ObjectStore], JobHandler],
+    services: Sequence[tuple[RegisterFn, Any, str]] = (),
+    warm_up: Callable[[], None] | None = None,
+) -> int:
+    """A whole worker service: the gRPC server (service tokens required, fails closed),
+    `settings.workers` job workers running `handler` on jobs of `kind`, and supervision.
+    Returns the exit code: 0 after SIGTERM, 1 when a job loop died."""
+    name = job_kind_token(kind)
+    log = get_logger(f"visionmesh.{name}")
+    server = GrpcServer(
+        settings=settings, authenticator=service_token_authenticator(settings, audience=name)
+    )
+    for register, servicer, service_name in services:
+        server.add_service(register, servicer, service_name=service_name)
+    if warm_up is not None:
+        # Import heavy stacks now, not in the first job.
+        await asyncio.to_thread(warm_up)
+    store = ObjectStore(settings.object_store_config())
+    try:
+        await store.ensure_bucket()
+        async with EventBus(servers=settings.nats_url, name=f"{name}-{os.getpid()}") as bus:
+            await ensure_job_streams(bus)
+            job_handler = handler(store)
+            metrics = JobMetrics.create(server.registry)
+            spec = worker_spec(kind, settings)
+            workers = [
+                JobWorker(bus=bus, handler=job_handler, spec=spec, metrics=metrics)
+                for _ in range(settings.workers)
+            ]
+            log.info("job workers starting", workers=len(workers), kind=name)
+            return await serve_workers(server, workers)
+    finally:
+        store.close()
