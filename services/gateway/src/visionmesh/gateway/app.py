@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import sys
 import time
 from collections.abc import Mapping
 from datetime import timedelta
@@ -29,6 +30,7 @@ from visionmesh.common.rpc import GrpcClient, GrpcServer, connect
 from visionmesh.common.settings import load_settings
 from visionmesh.common.storage import ObjectStore, ObjectStoreConfig
 from visionmesh.common.subjects import ensure_job_streams
+from visionmesh.common.supervision import mark_not_serving, until_signal_or_loop_exit
 from visionmesh.gateway.api.auth_servicer import AuthServicer
 from visionmesh.gateway.api.proxies import TrainingProxy
 from visionmesh.gateway.api.rest import RestServer, RestTranscoder, serve_rest
@@ -197,6 +199,11 @@ class Gateway:
             rest=f"http://{self.settings.rest_host}:{self.rest.port}",
         )
 
+    @property
+    def background_tasks(self) -> list[asyncio.Task[None]]:
+        """The loops this process exists for: if one ends, the process must restart."""
+        return list(self._tasks)
+
     async def stop(self) -> None:
         if self.rest is not None:
             await self.rest.stop()
@@ -221,16 +228,21 @@ class Gateway:
         await self.stop()
 
 
-async def serve(settings: GatewaySettings) -> None:
+async def serve(settings: GatewaySettings) -> int:
+    """Serves until SIGTERM (0) or until a background loop dies (1, for a restart)."""
     gateway = Gateway(settings)
     await gateway.start()
+    exit_code = 0
     try:
-        await gateway.grpc.serve_forever()
+        if await until_signal_or_loop_exit(gateway.background_tasks):
+            exit_code = 1
+            await mark_not_serving(gateway.grpc)
     finally:
         await gateway.stop()
+    return exit_code
 
 
 def main() -> None:
     settings = load_settings(GatewaySettings)
     configure_logging(service="gateway", level=settings.log_level, json=settings.log_json)
-    asyncio.run(serve(settings))
+    sys.exit(asyncio.run(serve(settings)))

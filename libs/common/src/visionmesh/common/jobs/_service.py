@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
-import signal
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
-from grpc_health.v1 import health_pb2
 from visionmesh.common.events import EventBus
 from visionmesh.common.jobs._metrics import JobMetrics
 from visionmesh.common.jobs._worker import JobHandler, JobWorker, JobWorkerSpec
@@ -25,6 +22,7 @@ from visionmesh.common.settings import (
 )
 from visionmesh.common.storage import ObjectStore
 from visionmesh.common.subjects import ensure_job_streams, job_kind_token
+from visionmesh.common.supervision import mark_not_serving, until_signal_or_loop_exit
 
 _log = get_logger(__name__)
 
@@ -38,30 +36,15 @@ async def serve_workers(server: GrpcServer, workers: list[JobWorker]) -> int:
     whatever supervises it (`make up`, Kubernetes, compose) restarts it.
     """
     await server.start()
-    loop = asyncio.get_running_loop()
-    shutdown = asyncio.Event()
-    installed = []
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-            loop.add_signal_handler(sig, shutdown.set)
-            installed.append(sig)
     tasks = {
         asyncio.create_task(worker.run(), name=f"{worker.spec.kind_name}-worker-{i}")
         for i, worker in enumerate(workers)
     }
-    requested = asyncio.create_task(shutdown.wait())
     exit_code = 0
     try:
-        done, _ = await asyncio.wait({*tasks, requested}, return_when=asyncio.FIRST_COMPLETED)
-        dead = [task for task in done if task is not requested]
-        if dead:
+        if await until_signal_or_loop_exit(tasks):
             exit_code = 1
-            for task in dead:
-                error = None if task.cancelled() else task.exception()
-                _log.error(
-                    "job loop died; exiting for a restart", task=task.get_name(), error=repr(error)
-                )
-            await server.health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
+            await mark_not_serving(server)
         else:
             _log.info("shutdown requested; handing running jobs back")
         for worker in workers:
@@ -73,9 +56,6 @@ async def serve_workers(server: GrpcServer, workers: list[JobWorker]) -> int:
             for task in late:
                 task.cancel()
     finally:
-        requested.cancel()
-        for sig in installed:
-            loop.remove_signal_handler(sig)
         await server.stop()
     return exit_code
 

@@ -265,13 +265,21 @@ class JobEventConsumer:
         self._batch = batch
 
     async def run(self) -> None:
-        consumer = await self._bus.pull_consumer(
-            JOB_EVENTS_STREAM,
-            self._durable,
-            filter_subject=JOB_EVENTS_SUBJECTS,
-            ack_wait=30.0,
-            max_ack_pending=self._batch * 4,
-        )
+        while True:
+            try:
+                consumer = await self._bus.pull_consumer(
+                    JOB_EVENTS_STREAM,
+                    self._durable,
+                    filter_subject=JOB_EVENTS_SUBJECTS,
+                    ack_wait=30.0,
+                    max_ack_pending=self._batch * 4,
+                )
+                break
+            except Exception:
+                if self._bus.nc.is_closed:
+                    raise  # nothing to wait for: end the loop, and with it the process
+                _log.exception("job event consumer not ready; retrying")
+                await asyncio.sleep(1.0)
         async with consumer:
             while True:
                 try:
