@@ -234,15 +234,15 @@ async def _queued_jobs(rest: str, token: str, tmp: Path, count: int) -> list[dic
 
 
 class Arrivals:
-    """epoch -> arrival times, one per watcher that got it."""
+    """transport -> epoch -> arrival times, one per watcher that got it."""
 
     def __init__(self) -> None:
-        self.at: dict[int, list[float]] = {}
+        self.at: dict[str, dict[int, list[float]]] = {"grpc": {}, "sse": {}}
         self.connected = 0
         self.ended = 0
 
-    def record(self, epoch: int) -> None:
-        self.at.setdefault(epoch, []).append(time.monotonic())
+    def record(self, transport: str, epoch: int) -> None:
+        self.at[transport].setdefault(epoch, []).append(time.monotonic())
 
 
 async def _grpc_watcher(stub: Any, token: str, job_id: str, arrivals: Arrivals) -> None:
@@ -254,7 +254,7 @@ async def _grpc_watcher(stub: Any, token: str, job_id: str, arrivals: Arrivals) 
             arrivals.connected += 1
             first = False
         if response.HasField("progress"):
-            arrivals.record(response.progress.epoch)
+            arrivals.record("grpc", response.progress.epoch)
     arrivals.ended += 1
 
 
@@ -267,41 +267,84 @@ async def _sse_watcher(client: httpx.AsyncClient, job_id: str, arrivals: Arrival
             if first:
                 arrivals.connected += 1
                 first = False
-            event = json.loads(line[5:])
-            progress = event.get("progress")
+            progress = json.loads(line[5:]).get("progress")
             if progress is not None:
-                arrivals.record(int(progress.get("epoch", 0)))
+                arrivals.record("sse", int(progress.get("epoch", 0)))
     arrivals.ended += 1
 
 
-async def _run_variant(
-    gateway: GatewayProcess, token: str, job: dict[str, Any], nats_url: str, args: Any
-) -> dict[str, Any]:
+async def watch_client(config: dict[str, Any]) -> None:
+    """One watcher process: opens its streams, says so, records arrivals until they end.
+
+    Several of these share the watchers so that the client side (protobuf, JSON, asyncio
+    per delivery) is not what is measured; CLOCK_MONOTONIC is the same in all processes.
+    """
     arrivals = Arrivals()
-    n_grpc = (
-        args.watchers // 2
-        if args.mode == "mixed"
-        else (args.watchers if args.mode == "grpc" else 0)
+    n_grpc, n_sse, token, job_id = (
+        config["grpc"],
+        config["sse"],
+        config["token"],
+        config["job_id"],
     )
-    n_sse = args.watchers - n_grpc
-    channels = [grpc.aio.insecure_channel(gateway.grpc_target) for _ in range(4)]
+    channels = [grpc.aio.insecure_channel(config["grpc_target"]) for _ in range(2)]
     stubs = [jobs_pb2_grpc.JobServiceStub(channel) for channel in channels]
     limits = httpx.Limits(max_connections=n_sse + 10, max_keepalive_connections=n_sse + 10)
     http = httpx.AsyncClient(
-        base_url=gateway.rest,
+        base_url=config["rest"],
         headers={"authorization": f"Bearer {token}"},
         timeout=httpx.Timeout(120, read=None),
         limits=limits,
     )
     tasks = [
-        asyncio.create_task(_grpc_watcher(stubs[i % len(stubs)], token, job["id"], arrivals))
+        asyncio.create_task(_grpc_watcher(stubs[i % len(stubs)], token, job_id, arrivals))
         for i in range(n_grpc)
-    ] + [asyncio.create_task(_sse_watcher(http, job["id"], arrivals)) for _ in range(n_sse)]
-    deadline = time.monotonic() + 60
-    while arrivals.connected < args.watchers:
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"only {arrivals.connected} watchers connected")
-        await asyncio.sleep(0.05)
+    ] + [asyncio.create_task(_sse_watcher(http, job_id, arrivals)) for _ in range(n_sse)]
+    while arrivals.connected < n_grpc + n_sse:  # noqa: ASYNC110 - a few ms of polling
+        await asyncio.sleep(0.02)
+    print("connected", flush=True)
+    cpu_before = time.process_time()
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), config["timeout"])
+    cpu = time.process_time() - cpu_before
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    await http.aclose()
+    for channel in channels:
+        await channel.close()
+    print(json.dumps({"at": arrivals.at, "ended": arrivals.ended, "cpu": cpu}), flush=True)
+
+
+async def _run_variant(
+    gateway: GatewayProcess, token: str, job: dict[str, Any], nats_url: str, args: Any
+) -> dict[str, Any]:
+    n_grpc = {"mixed": args.watchers // 2, "grpc": args.watchers, "sse": 0}[args.mode]
+    n_sse = args.watchers - n_grpc
+    procs = []
+    for k in range(args.clients):
+        config = {
+            "grpc_target": gateway.grpc_target,
+            "rest": gateway.rest,
+            "token": token,
+            "job_id": job["id"],
+            "grpc": n_grpc // args.clients + (k < n_grpc % args.clients),
+            "sse": n_sse // args.clients + (k < n_sse % args.clients),
+            "timeout": 60 + args.events * args.interval,
+        }
+        procs.append(
+            await asyncio.create_subprocess_exec(
+                sys.executable,
+                __file__,
+                "--watch-client",
+                json.dumps(config),
+                stdout=asyncio.subprocess.PIPE,
+            )
+        )
+    for proc in procs:
+        assert proc.stdout is not None
+        line = await asyncio.wait_for(proc.stdout.readline(), 120)
+        if line.strip() != b"connected":
+            raise RuntimeError(f"watch client failed: {line!r}")
     await asyncio.sleep(1.0)
 
     sent: dict[int, float] = {}
@@ -335,41 +378,47 @@ async def _run_variant(
                     epoch=epoch, total_epochs=args.events, fraction=epoch / args.events
                 ),
             )
-        deadline = time.monotonic() + 30
-        while sum(len(arrivals.at.get(e, ())) for e in sent) < len(sent) * args.watchers:
-            if time.monotonic() > deadline:
-                break
-            await asyncio.sleep(0.05)
+        # Give the slowest a moment before the terminal event ends every stream.
+        await asyncio.sleep(args.drain)
         cpu = gateway.cpu_seconds() - cpu_before
         await emit(
             2 + args.events,
             state_changed=events_pb2.JobStateChanged(state=job_pb2.JOB_STATE_SUCCEEDED),
         )
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 30)
-    for task in tasks:
-        task.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
-    await http.aclose()
-    for channel in channels:
-        await channel.close()
-    latencies = [
-        (arrived - sent[epoch]) * 1000
-        for epoch, times in arrivals.at.items()
-        if epoch in sent
-        for arrived in times
-    ]
+    latencies: dict[str, list[float]] = {"grpc": [], "sse": []}
+    ended = 0
+    client_cpu = 0.0
+    for proc in procs:
+        assert proc.stdout is not None
+        report = json.loads(await proc.stdout.readline())
+        await proc.wait()
+        ended += report["ended"]
+        client_cpu += report["cpu"]
+        for transport, by_epoch in report["at"].items():
+            for epoch, times in by_epoch.items():
+                latencies[transport] += [(t - sent[int(epoch)]) * 1000 for t in times]
+    every = latencies["grpc"] + latencies["sse"]
+
+    def summary(samples: list[float]) -> dict[str, float]:
+        if len(samples) < 2:
+            return {}
+        return {k: round(v, 1) for k, v in percentiles(samples).items()} | {
+            "max": round(max(samples), 1)
+        }
+
     return {
         "variant": gateway.variant,
         "watchers": args.watchers,
         "grpc": n_grpc,
         "sse": n_sse,
         "events": args.events,
-        "deliveries": f"{len(latencies)}/{len(sent) * args.watchers}",
-        "latency_ms": {k: round(v, 1) for k, v in percentiles(latencies).items()}
-        | {"max": round(max(latencies), 1)},
+        "deliveries": f"{len(every)}/{len(sent) * args.watchers}",
+        "latency_ms": summary(every),
+        "grpc_latency_ms": summary(latencies["grpc"]),
+        "sse_latency_ms": summary(latencies["sse"]),
         "gateway_cpu_s": round(cpu, 2),
-        "streams_ended": arrivals.ended,
+        "client_cpu_s": round(client_cpu, 2),
+        "streams_ended": ended,
     }
 
 
@@ -415,19 +464,25 @@ async def main(args: argparse.Namespace) -> None:
     print()
     print(
         f"{'variant':<10} {'watchers':>8} {'deliveries':>12} {'p50 ms':>8} {'p90 ms':>8} "
-        f"{'p99 ms':>8} {'max ms':>8} {'gateway CPU s':>14}"
+        f"{'p99 ms':>8} {'max ms':>8} {'gateway CPU s':>14} {'client CPU s':>13}"
     )
     for r in results:
         lat = r["latency_ms"]
         print(
             f"{r['variant']:<10} {r['watchers']:>8} {r['deliveries']:>12} {lat['p50']:>8} "
-            f"{lat['p90']:>8} {lat['p99']:>8} {lat['max']:>8} {r['gateway_cpu_s']:>14}"
+            f"{lat['p90']:>8} {lat['p99']:>8} {lat['max']:>8} {r['gateway_cpu_s']:>14} "
+            f"{r['client_cpu_s']:>13}"
         )
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--serve-gateway", choices=["new", "baseline"], help=argparse.SUPPRESS)
+    parser.add_argument("--watch-client", help=argparse.SUPPRESS)
+    parser.add_argument("--clients", type=int, default=4, help="watcher processes")
+    parser.add_argument(
+        "--drain", type=float, default=5.0, help="seconds after the last event before the end"
+    )
     parser.add_argument("--watchers", type=int, default=200)
     parser.add_argument("--events", type=int, default=60)
     parser.add_argument("--interval", type=float, default=0.1, help="seconds between events")
@@ -437,5 +492,7 @@ if __name__ == "__main__":
     arguments = parser.parse_args()
     if arguments.serve_gateway:
         serve_gateway(arguments.serve_gateway)
+    elif arguments.watch_client:
+        asyncio.run(watch_client(json.loads(arguments.watch_client)))
     else:
         asyncio.run(main(arguments))
