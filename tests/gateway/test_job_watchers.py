@@ -10,12 +10,14 @@ from typing import Any
 
 import grpc
 import httpx
+import pytest
 from sqlalchemy import event
 from visionmesh.api.common.v1 import job_pb2
 from visionmesh.api.gateway.v1 import jobs_pb2, jobs_pb2_grpc
 from visionmesh.common.embedded import NatsServer
 from visionmesh.common.events import EventBus
 from visionmesh.gateway.app import Gateway
+from visionmesh.gateway.core import jobs
 
 from tests.gateway.conftest import GatewayFactory, GatewayHarness
 from tests.gateway.helpers import ScriptedWorker, detect_zip, upload_dataset, wait_for
@@ -198,3 +200,24 @@ async def test_every_replica_wakes_its_watchers(
     finally:
         await on_first.close()
         await on_second.close()
+
+
+async def test_feed_buffer_keeps_the_newest_events_and_sends_older_readers_to_the_database(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(jobs, "_FEED_BUFFER", 3)
+    feed = jobs._JobFeed("job")
+    feed.base = feed.newest = 2  # the job had 2 events when its first watcher came
+    changed = feed.changed
+    feed.publish([jobs_pb2.WatchJobResponse(sequence=s) for s in (3, 4)], 4, False)
+    assert changed.is_set() and not feed.changed.is_set()
+    assert [e.sequence for e in feed.since(2) or []] == [3, 4]
+    assert [e.sequence for e in feed.since(3) or []] == [4]
+    assert feed.since(4) == [] and feed.since(9) == []
+    assert feed.since(1) is None  # before the feed: read from the database
+    feed.publish([jobs_pb2.WatchJobResponse(sequence=s) for s in (5, 6)], 7, True)
+    assert (feed.base, feed.newest, feed.terminal) == (3, 6, False)  # 7 not read yet
+    assert feed.since(2) is None
+    assert [e.sequence for e in feed.since(3) or []] == [4, 5, 6]
+    feed.publish([jobs_pb2.WatchJobResponse(sequence=7)], 7, True)
+    assert (feed.base, feed.newest, feed.terminal) == (4, 7, True)

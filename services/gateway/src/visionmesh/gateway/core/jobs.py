@@ -246,7 +246,9 @@ class JobWatchers:
                 return
             events, newest, terminal = await read_events(self.db, feed.job_id, feed.newest)
             feed.publish(events, newest, terminal)
-            if feed.newest >= newest:
+            # More than one read's worth: go on. Nothing new although the job row says
+            # otherwise (a commit racing this read): its notification follows.
+            if not events or feed.newest >= newest:
                 return
 
 
