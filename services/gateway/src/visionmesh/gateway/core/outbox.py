@@ -122,8 +122,8 @@ class OutboxRelay:
                 errors += 1
             else:
                 errors = 0
-                if result.claimed == self._batch_size:
-                    continue  # more rows are waiting
+                if result.claimed == self._batch_size and not result.retried:
+                    continue  # more rows are waiting (and NATS takes them)
             # Failed rows wait out their own backoff, so only a failing database (a round
             # that raised) slows the loop down.
             wait = _backoff(self._poll_seconds, errors, 10.0) if errors else self._poll_seconds
