@@ -16,7 +16,7 @@ from visionmesh.api.events.v1 import events_pb2
 from visionmesh.common.db import Database, run_migrations
 from visionmesh.common.embedded import NatsServer
 from visionmesh.common.events import EventBus
-from visionmesh.common.subjects import job_control_subject, job_request_subject
+from visionmesh.common.subjects import ensure_job_streams, job_control_subject, job_request_subject
 from visionmesh.gateway.app import MIGRATIONS
 from visionmesh.gateway.core.jobs import now
 from visionmesh.gateway.core.outbox import DEAD_LETTER_REASON, OutboxRelay
@@ -285,3 +285,42 @@ async def test_a_row_failing_for_hours_keeps_its_backoff_bounded(
         await database.dispose()
         if nats.running:
             await nats.stop()
+
+
+async def test_a_claim_left_by_a_dead_relay_is_taken_over_once_its_lease_ends(
+    nats_server: NatsServer, database_url: str
+) -> None:
+    await run_migrations(database_url=database_url, script_location=MIGRATIONS)
+    database = Database(database_url)
+    try:
+        async with EventBus(servers=nats_server.url, name="relay") as bus:
+            await ensure_job_streams(bus)
+            relay = OutboxRelay(db=database, bus=bus, watchers=_NoWatchers())  # type: ignore[arg-type]
+            rows = {}
+            async with database.session() as session:
+                # Claimed by a replica that died mid-publish: one lease still runs, one ended.
+                for name, claimed_until in (
+                    ("running", now() + timedelta(seconds=30)),
+                    ("ended", now() - timedelta(seconds=1)),
+                ):
+                    job_id = db.new_id()
+                    control = events_pb2.JobControl(
+                        job_id=job_id, action=events_pb2.JOB_CONTROL_ACTION_CANCEL
+                    )
+                    rows[name] = db.OutboxMessage(
+                        subject=job_control_subject(job_id),
+                        msg_id=f"{job_id}/cancel",
+                        payload_type=control.DESCRIPTOR.full_name,
+                        payload=control.SerializeToString(),
+                        claimed_until=claimed_until,
+                    )
+                    session.add(rows[name])
+            assert await relay.relay_once() == (1, 0)
+            async with database.session() as session:
+                running = await session.get(db.OutboxMessage, rows["running"].id)
+                ended = await session.get(db.OutboxMessage, rows["ended"].id)
+                assert running is not None and running.published_at is None
+                assert ended is not None and ended.published_at is not None
+                assert ended.claimed_until is None
+    finally:
+        await database.dispose()
