@@ -780,3 +780,26 @@ async def test_status_set_without_raising_is_sent_with_details(channel: grpc.aio
     assert excinfo.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert excinfo.value.details() == "not ready"
     assert details_of(excinfo.value)["RequestInfo"].request_id == "set-1"
+
+
+async def test_services_are_served_by_generic_handlers_only(
+    probe: Probe, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """grpc.aio waits on one pending accept per registered method for every call it
+    accepts; the generic handlers serve the same methods, so only they are registered."""
+    registered: list[str] = []
+    monkeypatch.setattr(
+        grpc.aio._server.Server,
+        "add_registered_method_handlers",
+        lambda self, service, handlers: registered.append(service),
+    )
+    async with (
+        running(probe) as server,
+        grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel,
+    ):
+        response = await health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(service=PROBE)
+        )
+        assert response.status == health_pb2.HealthCheckResponse.SERVING
+        assert (await unary(channel, "Echo")(StringValue(value="hi"))).value == "hi"
+    assert registered == []
