@@ -178,7 +178,10 @@ class RequestPipeline:
        INTERNAL "internal error" with the traceback only in the log;
 
     around which `grpc_server_*` metrics (labelled with the transport) and one access-log
-    line ("rpc finished") are recorded per call.
+    line ("rpc finished", written just after the call) are recorded per call.
+
+    `authenticator.is_public(method)` is asked once per method, when its chain is built:
+    the set of public methods is static (it is part of the API contract).
     """
 
     def __init__(
