@@ -420,3 +420,31 @@ async def test_a_dead_loop_turns_health_not_serving_and_exits_non_zero(tmp_path:
     assert exit_code == 1
     assert statuses[0] == health_pb2.HealthCheckResponse.SERVING
     assert health_pb2.HealthCheckResponse.NOT_SERVING in statuses
+
+
+async def test_a_heartbeat_whose_cancellation_is_swallowed_still_lets_the_job_end(
+    bus: EventBus, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Seen in a fault-injection run: nats-py swallowed the CancelledError of a heartbeat's
+    ledger read, the heartbeat beat on, and the finished job held its message for ever."""
+
+    async def swallowing_is_current(self: AttemptLedger, job_id: str, attempt: int) -> bool:
+        # What asyncio.wait_for in nats-py's request does when the reply races the cancel.
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.sleep(2.0)
+        return True
+
+    monkeypatch.setattr(AttemptLedger, "is_current", swallowing_is_current)
+
+    async def fn(job: JobContext) -> JobOutcome:
+        await asyncio.sleep(0.5)  # ends while a heartbeat's ledger read is in flight
+        return JobOutcome("succeeded")
+
+    handler = FnHandler(fn)
+    worker, _ = _worker(bus, handler, heartbeat_seconds=0.05)
+    async with _running(worker):
+        await _publish(bus, "job")
+        await _publish(bus, "next")
+        first = await _events_until_end(bus, "job", within=10)
+        second = await _events_until_end(bus, "next", within=10)
+    assert _states(first)[-1] == _states(second)[-1] == job_pb2.JOB_STATE_SUCCEEDED

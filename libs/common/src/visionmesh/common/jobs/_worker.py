@@ -8,7 +8,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -390,9 +390,15 @@ class JobWorker:
         """`in_progress` keeps the message ours; the ledger check fences a partitioned
         attempt: once a newer attempt has claimed the job, this one is told to stop."""
 
-        async def beat() -> None:
-            while True:
-                await asyncio.sleep(self.spec.heartbeat_seconds)
+        async def beat(done: asyncio.Event) -> None:
+            # Ends on `done`, not only on cancellation: nats-py can swallow a CancelledError
+            # that lands in a request (asyncio.wait_for on 3.11), and a heartbeat that beats
+            # on after its job ended would hold the message for ever.
+            while not done.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(done.wait(), self.spec.heartbeat_seconds)
+                if done.is_set():
+                    return
                 try:
                     await delivery.in_progress()
                     if not await self.ledger.is_current(job.job_id, job.attempt):
@@ -402,7 +408,7 @@ class JobWorker:
                 except Exception as exc:
                     _log.warning("heartbeat failed", error=repr(exc))
 
-        async with _background(beat(), name="heartbeat"):
+        async with _background(beat, name="heartbeat"):
             yield
         if job.stop.is_set() and not self._stopping.is_set():
             raise StaleAttemptError(f"attempt {job.attempt} of {job.job_id} was superseded")
@@ -413,8 +419,10 @@ class JobWorker:
             job_control_subject(job.job_id), stream=JOB_CONTROL_STREAM
         )
 
-        async def watch() -> None:
+        async def watch(done: asyncio.Event) -> None:
             async for message in subscription:
+                if done.is_set():
+                    return
                 try:
                     control = message.decode(events_pb2.JobControl)
                 except Exception as exc:
@@ -425,7 +433,7 @@ class JobWorker:
                     job.cancel.set()
 
         try:
-            async with _background(watch(), name="cancel watch"):
+            async with _background(watch, name="cancel watch"):
                 yield
         finally:
             with contextlib.suppress(Exception):
@@ -433,18 +441,30 @@ class JobWorker:
 
 
 @contextlib.asynccontextmanager
-async def _background(work: Coroutine[Any, Any, None], *, name: str) -> AsyncIterator[None]:
-    """Runs `work` beside the body and cancels it after; its death is logged, never silent."""
+async def _background(
+    work: Callable[[asyncio.Event], Coroutine[Any, Any, None]], *, name: str
+) -> AsyncIterator[None]:
+    """Runs `work(done)` beside the body; after it, sets `done` and cancels until it ends.
+
+    Its death is logged, never silent; a cancellation that a library swallows is repeated,
+    so the body's exit never waits on a task that will not stop.
+    """
 
     def report(task: asyncio.Task[None]) -> None:
         if not task.cancelled() and task.exception() is not None:
             _log.error(f"{name} task died", error=repr(task.exception()))
 
-    task = asyncio.create_task(work, name=name)
+    done = asyncio.Event()
+    task = asyncio.create_task(work(done), name=name)
     task.add_done_callback(report)
     try:
         yield
     finally:
-        task.cancel()
-        with contextlib.suppress(BaseException):
-            await task
+        done.set()
+        for _ in range(50):
+            task.cancel()
+            finished, _ = await asyncio.wait({task}, timeout=0.2)
+            if finished:
+                break
+        else:
+            _log.error(f"{name} task would not stop; left behind")
