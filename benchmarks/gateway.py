@@ -22,6 +22,7 @@ from pathlib import Path
 
 import grpc
 import httpx
+from _grpc_floor import echo_latency_ms, echo_server
 from _mesh import percentiles, postgres_database, raw_http, raw_http_get, running_stack
 from google.protobuf import json_format
 from visionmesh.api.gateway.v1 import jobs_pb2, jobs_pb2_grpc
@@ -232,11 +233,15 @@ async def main(requests: int, jobs: int, concurrency: int) -> None:
                 ).json()["job"]["id"]
             latency = await _latency(grpc_target, ports.gateway_rest, token, job_id, requests)
             latency["core"] = await _core_latency(database_url, token, job_id, requests)
+            async with echo_server() as echo_target:
+                floor = await echo_latency_ms(echo_target, requests)
+            latency["grpc_floor"] = percentiles(floor["aio"])
+            latency["grpc_sync_floor"] = percentiles(floor["sync"])
             throughput = await _throughput(grpc_target, rest, token, dataset_id, jobs, concurrency)
     print("GetJob latency, ms (same job, sequential, keep-alive):")
-    for transport in ("core", "grpc", "grpc_sync", "rest"):
+    for transport in ("core", "grpc", "grpc_sync", "rest", "grpc_floor", "grpc_sync_floor"):
         row = latency[transport]
-        print(f"  {transport:9} p50 {row['p50']:.3f}  p90 {row['p90']:.3f}  p99 {row['p99']:.3f}")
+        print(f"  {transport:15} p50 {row['p50']:.3f}  p90 {row['p90']:.3f}  p99 {row['p99']:.3f}")
     grpc_p50, rest_p50 = latency["grpc"]["p50"], latency["rest"]["p50"]
     print(
         f"  REST-to-core overhead at p50 vs a direct gRPC call: {rest_p50 - grpc_p50:+.3f} ms "
@@ -248,6 +253,12 @@ async def main(requests: int, jobs: int, concurrency: int) -> None:
         f"REST {rest_p50 - core_p50:+.3f} ms, gRPC {grpc_p50 - core_p50:+.3f} ms "
         f"(goal <= 0.5 ms; with the sync gRPC client "
         f"{latency['grpc_sync']['p50'] - core_p50:+.3f} ms)"
+    )
+    floor_p50 = latency["grpc_floor"]["p50"]
+    print(
+        f"  grpc_floor is a bare grpc.aio echo server (no interceptors, no database) in its own "
+        f"process: grpcio alone costs {floor_p50:.3f} ms per call here; the gateway's gRPC "
+        f"cost above that floor is {grpc_p50 - core_p50 - floor_p50:+.3f} ms"
     )
     print(
         f"CreateTrainingJob on PostgreSQL, {throughput['jobs']} jobs, "
