@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import signal
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
@@ -448,3 +450,36 @@ async def test_a_heartbeat_whose_cancellation_is_swallowed_still_lets_the_job_en
         first = await _events_until_end(bus, "job", within=10)
         second = await _events_until_end(bus, "next", within=10)
     assert _states(first)[-1] == _states(second)[-1] == job_pb2.JOB_STATE_SUCCEEDED
+
+
+async def test_sigterm_turns_health_not_serving_hands_the_job_back_and_exits_zero(
+    bus: EventBus,
+) -> None:
+    started = asyncio.Event()
+
+    async def fn(job: JobContext) -> JobOutcome:
+        started.set()
+        while not job.stop.is_set():  # noqa: ASYNC110 - a threading.Event, as handlers poll
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(1.0)  # checkpointing
+        return JobOutcome("stopped")
+
+    worker, metrics = _worker(bus, FnHandler(fn))
+    server = GrpcServer(settings=ServiceSettings(service_name="t", grpc_port=0))
+    serving = asyncio.create_task(serve_workers(server, [worker]))
+    await _publish(bus, "job")
+    await asyncio.wait_for(started.wait(), 10)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        statuses = stub.Watch(health_pb2.HealthCheckRequest(service=""))
+        first = await statuses.read()
+        assert first.status == health_pb2.HealthCheckResponse.SERVING
+        os.kill(os.getpid(), signal.SIGTERM)  # serve_workers handles it while it runs
+        second = await statuses.read()
+        assert second.status == health_pb2.HealthCheckResponse.NOT_SERVING
+        # Before the hand-back, not after it: nothing is routed here while it checkpoints.
+        assert metrics.attempts.labels("export", "handed_back")._value.get() == 0
+    assert await asyncio.wait_for(serving, 30) == 0
+    assert metrics.attempts.labels("export", "handed_back")._value.get() == 1
+    record = await (await AttemptLedger.open(bus)).get("job")
+    assert record is not None and record.state == AttemptState.HANDED_BACK

@@ -44,9 +44,10 @@ async def serve_workers(server: GrpcServer, workers: list[JobWorker]) -> int:
     try:
         if await until_signal_or_loop_exit(tasks):
             exit_code = 1
-            await mark_not_serving(server)
         else:
             _log.info("shutdown requested; handing running jobs back")
+        # Either way this process is going: say so before the hand-back, not after it.
+        await mark_not_serving(server)
         for worker in workers:
             worker.stop()
         grace = max((w.spec.graceful_stop_seconds for w in workers), default=0.0) + 10.0
