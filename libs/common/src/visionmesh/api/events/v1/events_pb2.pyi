@@ -168,8 +168,14 @@ class ModelTrained(_message.Message):
     checkpoint: _artifact_pb2.ArtifactRef
     def __init__(self, framework: _Optional[str] = ..., task: _Optional[str] = ..., architecture: _Optional[str] = ..., class_names: _Optional[_Iterable[str]] = ..., imgsz: _Optional[int] = ..., metrics: _Optional[_Mapping[str, float]] = ..., checkpoint: _Optional[_Union[_artifact_pb2.ArtifactRef, _Mapping]] = ...) -> None: ...
 
+class ModelExported(_message.Message):
+    __slots__ = ("result",)
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    result: _export_pb2.ExportResult
+    def __init__(self, result: _Optional[_Union[_export_pb2.ExportResult, _Mapping]] = ...) -> None: ...
+
 class JobEvent(_message.Message):
-    __slots__ = ("job_id", "tenant_id", "attempt", "worker_sequence", "worker_id", "time", "state_changed", "progress", "metrics", "artifact", "model_trained")
+    __slots__ = ("job_id", "tenant_id", "attempt", "worker_sequence", "worker_id", "time", "state_changed", "progress", "metrics", "artifact", "model_trained", "model_exported")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     TENANT_ID_FIELD_NUMBER: _ClassVar[int]
     ATTEMPT_FIELD_NUMBER: _ClassVar[int]
@@ -181,6 +187,7 @@ class JobEvent(_message.Message):
     METRICS_FIELD_NUMBER: _ClassVar[int]
     ARTIFACT_FIELD_NUMBER: _ClassVar[int]
     MODEL_TRAINED_FIELD_NUMBER: _ClassVar[int]
+    MODEL_EXPORTED_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     tenant_id: str
     attempt: int
@@ -192,7 +199,8 @@ class JobEvent(_message.Message):
     metrics: JobMetricsReported
     artifact: JobArtifactUploaded
     model_trained: ModelTrained
-    def __init__(self, job_id: _Optional[str] = ..., tenant_id: _Optional[str] = ..., attempt: _Optional[int] = ..., worker_sequence: _Optional[int] = ..., worker_id: _Optional[str] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., state_changed: _Optional[_Union[JobStateChanged, _Mapping]] = ..., progress: _Optional[_Union[_job_pb2.JobProgress, _Mapping]] = ..., metrics: _Optional[_Union[JobMetricsReported, _Mapping]] = ..., artifact: _Optional[_Union[JobArtifactUploaded, _Mapping]] = ..., model_trained: _Optional[_Union[ModelTrained, _Mapping]] = ...) -> None: ...
+    model_exported: ModelExported
+    def __init__(self, job_id: _Optional[str] = ..., tenant_id: _Optional[str] = ..., attempt: _Optional[int] = ..., worker_sequence: _Optional[int] = ..., worker_id: _Optional[str] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., state_changed: _Optional[_Union[JobStateChanged, _Mapping]] = ..., progress: _Optional[_Union[_job_pb2.JobProgress, _Mapping]] = ..., metrics: _Optional[_Union[JobMetricsReported, _Mapping]] = ..., artifact: _Optional[_Union[JobArtifactUploaded, _Mapping]] = ..., model_trained: _Optional[_Union[ModelTrained, _Mapping]] = ..., model_exported: _Optional[_Union[ModelExported, _Mapping]] = ...) -> None: ...
 
 class JobControl(_message.Message):
     __slots__ = ("job_id", "action", "time")

@@ -30,7 +30,7 @@ class TritonOptions(_message.Message):
     def __init__(self, model_name: _Optional[str] = ..., version: _Optional[int] = ..., instance_count: _Optional[int] = ..., max_queue_delay_microseconds: _Optional[int] = ...) -> None: ...
 
 class ExportSpec(_message.Message):
-    __slots__ = ("model_version_id", "formats", "opset", "dynamic_batch", "max_batch_size", "half", "imgsz", "parity", "triton", "device", "simplify")
+    __slots__ = ("model_version_id", "formats", "opset", "dynamic_batch", "max_batch_size", "half", "imgsz", "parity", "triton", "device", "simplify", "nms", "dynamic_size", "softmax", "nms_settings")
     MODEL_VERSION_ID_FIELD_NUMBER: _ClassVar[int]
     FORMATS_FIELD_NUMBER: _ClassVar[int]
     OPSET_FIELD_NUMBER: _ClassVar[int]
@@ -42,6 +42,10 @@ class ExportSpec(_message.Message):
     TRITON_FIELD_NUMBER: _ClassVar[int]
     DEVICE_FIELD_NUMBER: _ClassVar[int]
     SIMPLIFY_FIELD_NUMBER: _ClassVar[int]
+    NMS_FIELD_NUMBER: _ClassVar[int]
+    DYNAMIC_SIZE_FIELD_NUMBER: _ClassVar[int]
+    SOFTMAX_FIELD_NUMBER: _ClassVar[int]
+    NMS_SETTINGS_FIELD_NUMBER: _ClassVar[int]
     model_version_id: str
     formats: _containers.RepeatedScalarFieldContainer[str]
     opset: int
@@ -53,7 +57,11 @@ class ExportSpec(_message.Message):
     triton: TritonOptions
     device: str
     simplify: bool
-    def __init__(self, model_version_id: _Optional[str] = ..., formats: _Optional[_Iterable[str]] = ..., opset: _Optional[int] = ..., dynamic_batch: _Optional[bool] = ..., max_batch_size: _Optional[int] = ..., half: _Optional[bool] = ..., imgsz: _Optional[int] = ..., parity: _Optional[_Union[ParityTolerance, _Mapping]] = ..., triton: _Optional[_Union[TritonOptions, _Mapping]] = ..., device: _Optional[str] = ..., simplify: _Optional[bool] = ...) -> None: ...
+    nms: bool
+    dynamic_size: bool
+    softmax: bool
+    nms_settings: NmsSettings
+    def __init__(self, model_version_id: _Optional[str] = ..., formats: _Optional[_Iterable[str]] = ..., opset: _Optional[int] = ..., dynamic_batch: _Optional[bool] = ..., max_batch_size: _Optional[int] = ..., half: _Optional[bool] = ..., imgsz: _Optional[int] = ..., parity: _Optional[_Union[ParityTolerance, _Mapping]] = ..., triton: _Optional[_Union[TritonOptions, _Mapping]] = ..., device: _Optional[str] = ..., simplify: _Optional[bool] = ..., nms: _Optional[bool] = ..., dynamic_size: _Optional[bool] = ..., softmax: _Optional[bool] = ..., nms_settings: _Optional[_Union[NmsSettings, _Mapping]] = ...) -> None: ...
 
 class TensorInfo(_message.Message):
     __slots__ = ("name", "datatype", "shape")
@@ -136,7 +144,7 @@ class TritonModel(_message.Message):
     def __init__(self, name: _Optional[str] = ..., platform: _Optional[str] = ..., version: _Optional[int] = ..., config: _Optional[_Union[_artifact_pb2.ArtifactRef, _Mapping]] = ..., model: _Optional[_Union[_artifact_pb2.ArtifactRef, _Mapping]] = ...) -> None: ...
 
 class ExportResult(_message.Message):
-    __slots__ = ("model_version_id", "spec", "onnx", "tensorrt", "triton_repository_prefix", "triton_models", "metadata", "metadata_file", "parity_max_abs_diff")
+    __slots__ = ("model_version_id", "spec", "onnx", "tensorrt", "triton_repository_prefix", "triton_models", "metadata", "metadata_file", "parity_max_abs_diff", "triton_repository_zip", "parity_report_file", "parity", "tensorrt_build")
     MODEL_VERSION_ID_FIELD_NUMBER: _ClassVar[int]
     SPEC_FIELD_NUMBER: _ClassVar[int]
     ONNX_FIELD_NUMBER: _ClassVar[int]
@@ -146,6 +154,10 @@ class ExportResult(_message.Message):
     METADATA_FIELD_NUMBER: _ClassVar[int]
     METADATA_FILE_FIELD_NUMBER: _ClassVar[int]
     PARITY_MAX_ABS_DIFF_FIELD_NUMBER: _ClassVar[int]
+    TRITON_REPOSITORY_ZIP_FIELD_NUMBER: _ClassVar[int]
+    PARITY_REPORT_FILE_FIELD_NUMBER: _ClassVar[int]
+    PARITY_FIELD_NUMBER: _ClassVar[int]
+    TENSORRT_BUILD_FIELD_NUMBER: _ClassVar[int]
     model_version_id: str
     spec: ExportSpec
     onnx: _artifact_pb2.ArtifactRef
@@ -155,7 +167,75 @@ class ExportResult(_message.Message):
     metadata: ModelMetadata
     metadata_file: _artifact_pb2.ArtifactRef
     parity_max_abs_diff: float
-    def __init__(self, model_version_id: _Optional[str] = ..., spec: _Optional[_Union[ExportSpec, _Mapping]] = ..., onnx: _Optional[_Union[_artifact_pb2.ArtifactRef, _Mapping]] = ..., tensorrt: _Optional[_Union[_artifact_pb2.ArtifactRef, _Mapping]] = ..., triton_repository_prefix: _Optional[str] = ..., triton_models: _Optional[_Iterable[_Union[TritonModel, _Mapping]]] = ..., metadata: _Optional[_Union[ModelMetadata, _Mapping]] = ..., metadata_file: _Optional[_Union[_artifact_pb2.ArtifactRef, _Mapping]] = ..., parity_max_abs_diff: _Optional[float] = ...) -> None: ...
+    triton_repository_zip: _artifact_pb2.ArtifactRef
+    parity_report_file: _artifact_pb2.ArtifactRef
+    parity: ParityReport
+    tensorrt_build: TensorRtBuild
+    def __init__(self, model_version_id: _Optional[str] = ..., spec: _Optional[_Union[ExportSpec, _Mapping]] = ..., onnx: _Optional[_Union[_artifact_pb2.ArtifactRef, _Mapping]] = ..., tensorrt: _Optional[_Union[_artifact_pb2.ArtifactRef, _Mapping]] = ..., triton_repository_prefix: _Optional[str] = ..., triton_models: _Optional[_Iterable[_Union[TritonModel, _Mapping]]] = ..., metadata: _Optional[_Union[ModelMetadata, _Mapping]] = ..., metadata_file: _Optional[_Union[_artifact_pb2.ArtifactRef, _Mapping]] = ..., parity_max_abs_diff: _Optional[float] = ..., triton_repository_zip: _Optional[_Union[_artifact_pb2.ArtifactRef, _Mapping]] = ..., parity_report_file: _Optional[_Union[_artifact_pb2.ArtifactRef, _Mapping]] = ..., parity: _Optional[_Union[ParityReport, _Mapping]] = ..., tensorrt_build: _Optional[_Union[TensorRtBuild, _Mapping]] = ...) -> None: ...
+
+class OutputParity(_message.Message):
+    __slots__ = ("name", "max_abs_diff", "max_rel_diff", "elements")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    MAX_ABS_DIFF_FIELD_NUMBER: _ClassVar[int]
+    MAX_REL_DIFF_FIELD_NUMBER: _ClassVar[int]
+    ELEMENTS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    max_abs_diff: float
+    max_rel_diff: float
+    elements: int
+    def __init__(self, name: _Optional[str] = ..., max_abs_diff: _Optional[float] = ..., max_rel_diff: _Optional[float] = ..., elements: _Optional[int] = ...) -> None: ...
+
+class ParityReport(_message.Message):
+    __slots__ = ("format", "images", "image_source", "tolerance", "outputs", "boxes_reference", "boxes_matched", "boxes_exported", "min_box_iou", "max_score_diff", "top1_agreed", "batch_max_abs_diff", "batch_size", "graph_nms_matched", "graph_nms_reference", "passed", "failure")
+    FORMAT_FIELD_NUMBER: _ClassVar[int]
+    IMAGES_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_SOURCE_FIELD_NUMBER: _ClassVar[int]
+    TOLERANCE_FIELD_NUMBER: _ClassVar[int]
+    OUTPUTS_FIELD_NUMBER: _ClassVar[int]
+    BOXES_REFERENCE_FIELD_NUMBER: _ClassVar[int]
+    BOXES_MATCHED_FIELD_NUMBER: _ClassVar[int]
+    BOXES_EXPORTED_FIELD_NUMBER: _ClassVar[int]
+    MIN_BOX_IOU_FIELD_NUMBER: _ClassVar[int]
+    MAX_SCORE_DIFF_FIELD_NUMBER: _ClassVar[int]
+    TOP1_AGREED_FIELD_NUMBER: _ClassVar[int]
+    BATCH_MAX_ABS_DIFF_FIELD_NUMBER: _ClassVar[int]
+    BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    GRAPH_NMS_MATCHED_FIELD_NUMBER: _ClassVar[int]
+    GRAPH_NMS_REFERENCE_FIELD_NUMBER: _ClassVar[int]
+    PASSED_FIELD_NUMBER: _ClassVar[int]
+    FAILURE_FIELD_NUMBER: _ClassVar[int]
+    format: str
+    images: int
+    image_source: str
+    tolerance: ParityTolerance
+    outputs: _containers.RepeatedCompositeFieldContainer[OutputParity]
+    boxes_reference: int
+    boxes_matched: int
+    boxes_exported: int
+    min_box_iou: float
+    max_score_diff: float
+    top1_agreed: int
+    batch_max_abs_diff: float
+    batch_size: int
+    graph_nms_matched: int
+    graph_nms_reference: int
+    passed: bool
+    failure: str
+    def __init__(self, format: _Optional[str] = ..., images: _Optional[int] = ..., image_source: _Optional[str] = ..., tolerance: _Optional[_Union[ParityTolerance, _Mapping]] = ..., outputs: _Optional[_Iterable[_Union[OutputParity, _Mapping]]] = ..., boxes_reference: _Optional[int] = ..., boxes_matched: _Optional[int] = ..., boxes_exported: _Optional[int] = ..., min_box_iou: _Optional[float] = ..., max_score_diff: _Optional[float] = ..., top1_agreed: _Optional[int] = ..., batch_max_abs_diff: _Optional[float] = ..., batch_size: _Optional[int] = ..., graph_nms_matched: _Optional[int] = ..., graph_nms_reference: _Optional[int] = ..., passed: _Optional[bool] = ..., failure: _Optional[str] = ...) -> None: ...
+
+class TensorRtBuild(_message.Message):
+    __slots__ = ("tensorrt_version", "gpu_name", "compute_capability", "fp16", "batch_profile")
+    TENSORRT_VERSION_FIELD_NUMBER: _ClassVar[int]
+    GPU_NAME_FIELD_NUMBER: _ClassVar[int]
+    COMPUTE_CAPABILITY_FIELD_NUMBER: _ClassVar[int]
+    FP16_FIELD_NUMBER: _ClassVar[int]
+    BATCH_PROFILE_FIELD_NUMBER: _ClassVar[int]
+    tensorrt_version: str
+    gpu_name: str
+    compute_capability: str
+    fp16: bool
+    batch_profile: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, tensorrt_version: _Optional[str] = ..., gpu_name: _Optional[str] = ..., compute_capability: _Optional[str] = ..., fp16: _Optional[bool] = ..., batch_profile: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class GetCapabilitiesRequest(_message.Message):
     __slots__ = ()

@@ -71,10 +71,13 @@ class ExportServiceServicer:
 
     def ValidateSpec(self, request, context):
         """Checks a spec before anything is stored or queued and returns it with defaults
-        filled in. Errors: INVALID_ARGUMENT naming the offending field (e.g.
-        "spec.formats" when TensorRT is requested but unavailable, "spec.half" without
-        TensorRT, "spec.opset" not in GetCapabilitiesResponse.opsets, "spec.device" not a
-        device of this worker, "model_task" for a task the exporter cannot handle).
+        filled in. Errors: INVALID_ARGUMENT naming the offending field ("spec.opset" not in
+        GetCapabilitiesResponse.opsets, "spec.nms" on a model that is not a detector,
+        "spec.softmax" on a model that is not a classifier, "model_task" for a task the
+        exporter cannot handle); FAILED_PRECONDITION naming the field when this deployment
+        cannot do what the spec asks ("spec.formats" for TensorRT without a GPU and the
+        TensorRT library, "spec.half" likewise, "spec.device" not a device of this worker),
+        with the reason GetCapabilities reports.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -6,6 +6,7 @@ from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from visionmesh.api.common.v1 import artifact_pb2 as _artifact_pb2
 from visionmesh.api.common.v1 import job_pb2 as _job_pb2
 from visionmesh.api.common.v1 import metric_pb2 as _metric_pb2
+from visionmesh.api.export.v1 import export_pb2 as _export_pb2
 from visionmesh.api.training.v1 import training_pb2 as _training_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
@@ -28,6 +29,20 @@ class CreateTrainingJobRequest(_message.Message):
     def __init__(self, dataset_id: _Optional[str] = ..., snapshot_id: _Optional[str] = ..., spec: _Optional[_Union[_training_pb2.TrainingSpec, _Mapping]] = ..., model_name: _Optional[str] = ...) -> None: ...
 
 class CreateTrainingJobResponse(_message.Message):
+    __slots__ = ("job",)
+    JOB_FIELD_NUMBER: _ClassVar[int]
+    job: _job_pb2.Job
+    def __init__(self, job: _Optional[_Union[_job_pb2.Job, _Mapping]] = ...) -> None: ...
+
+class CreateExportJobRequest(_message.Message):
+    __slots__ = ("model_version_id", "spec")
+    MODEL_VERSION_ID_FIELD_NUMBER: _ClassVar[int]
+    SPEC_FIELD_NUMBER: _ClassVar[int]
+    model_version_id: str
+    spec: _export_pb2.ExportSpec
+    def __init__(self, model_version_id: _Optional[str] = ..., spec: _Optional[_Union[_export_pb2.ExportSpec, _Mapping]] = ...) -> None: ...
+
+class CreateExportJobResponse(_message.Message):
     __slots__ = ("job",)
     JOB_FIELD_NUMBER: _ClassVar[int]
     job: _job_pb2.Job

@@ -42,6 +42,11 @@ class JobServiceStub:
                 request_serializer=visionmesh_dot_gateway_dot_v1_dot_jobs__pb2.CreateTrainingJobRequest.SerializeToString,
                 response_deserializer=visionmesh_dot_gateway_dot_v1_dot_jobs__pb2.CreateTrainingJobResponse.FromString,
                 _registered_method=True)
+        self.CreateExportJob = channel.unary_unary(
+                '/visionmesh.gateway.v1.JobService/CreateExportJob',
+                request_serializer=visionmesh_dot_gateway_dot_v1_dot_jobs__pb2.CreateExportJobRequest.SerializeToString,
+                response_deserializer=visionmesh_dot_gateway_dot_v1_dot_jobs__pb2.CreateExportJobResponse.FromString,
+                _registered_method=True)
         self.GetJob = channel.unary_unary(
                 '/visionmesh.gateway.v1.JobService/GetJob',
                 request_serializer=visionmesh_dot_gateway_dot_v1_dot_jobs__pb2.GetJobRequest.SerializeToString,
@@ -91,6 +96,19 @@ class JobServiceServicer:
         Errors: INVALID_ARGUMENT (spec.* fields, dataset/snapshot id missing),
         NOT_FOUND (dataset, snapshot, init model version), FAILED_PRECONDITION (dataset not
         READY), UNAVAILABLE (training service unreachable for validation).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateExportJob(self, request, context):
+        """Validates the spec (with the export service when it answers, else with the shared
+        rules, which cannot confirm TensorRT) and queues an export of a registered model
+        version. The job ends with an Export on the model version (ModelVersion.exports).
+        Errors: INVALID_ARGUMENT (spec.* fields, model_version_id missing or disagreeing
+        with spec.model_version_id), NOT_FOUND (model version, also another tenant's),
+        FAILED_PRECONDITION (spec.formats / spec.half asking for TensorRT where no export
+        worker has a GPU and TensorRT; the model version has no checkpoint).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -158,6 +176,11 @@ def add_JobServiceServicer_to_server(servicer, server):
                     request_deserializer=visionmesh_dot_gateway_dot_v1_dot_jobs__pb2.CreateTrainingJobRequest.FromString,
                     response_serializer=visionmesh_dot_gateway_dot_v1_dot_jobs__pb2.CreateTrainingJobResponse.SerializeToString,
             ),
+            'CreateExportJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateExportJob,
+                    request_deserializer=visionmesh_dot_gateway_dot_v1_dot_jobs__pb2.CreateExportJobRequest.FromString,
+                    response_serializer=visionmesh_dot_gateway_dot_v1_dot_jobs__pb2.CreateExportJobResponse.SerializeToString,
+            ),
             'GetJob': grpc.unary_unary_rpc_method_handler(
                     servicer.GetJob,
                     request_deserializer=visionmesh_dot_gateway_dot_v1_dot_jobs__pb2.GetJobRequest.FromString,
@@ -224,6 +247,33 @@ class JobService:
             '/visionmesh.gateway.v1.JobService/CreateTrainingJob',
             visionmesh_dot_gateway_dot_v1_dot_jobs__pb2.CreateTrainingJobRequest.SerializeToString,
             visionmesh_dot_gateway_dot_v1_dot_jobs__pb2.CreateTrainingJobResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateExportJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/visionmesh.gateway.v1.JobService/CreateExportJob',
+            visionmesh_dot_gateway_dot_v1_dot_jobs__pb2.CreateExportJobRequest.SerializeToString,
+            visionmesh_dot_gateway_dot_v1_dot_jobs__pb2.CreateExportJobResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -26,9 +26,10 @@ from buf.validate import validate_pb2 as buf_dot_validate_dot_validate__pb2
 from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from visionmesh.api.common.v1 import artifact_pb2 as visionmesh_dot_common_dot_v1_dot_artifact__pb2
+from visionmesh.api.export.v1 import export_pb2 as visionmesh_dot_export_dot_v1_dot_export__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"visionmesh/gateway/v1/models.proto\x12\x15visionmesh.gateway.v1\x1a\x1b\x62uf/validate/validate.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a#visionmesh/common/v1/artifact.proto\"\x98\x03\n\x0cModelVersion\x12\n\n\x02id\x18\x01 \x01(\t\x12\x10\n\x08model_id\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\x05\x12\x0e\n\x06job_id\x18\x04 \x01(\t\x12\x13\n\x0bsnapshot_id\x18\x05 \x01(\t\x12\x11\n\tframework\x18\x06 \x01(\t\x12\x0c\n\x04task\x18\x07 \x01(\t\x12\x14\n\x0c\x61rchitecture\x18\x08 \x01(\t\x12\x13\n\x0b\x63lass_names\x18\t \x03(\t\x12\r\n\x05imgsz\x18\n \x01(\x05\x12\x41\n\x07metrics\x18\x0b \x03(\x0b\x32\x30.visionmesh.gateway.v1.ModelVersion.MetricsEntry\x12\x35\n\ncheckpoint\x18\x0c \x01(\x0b\x32!.visionmesh.common.v1.ArtifactRef\x12/\n\x0b\x63reate_time\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\xc2\x01\n\x05Model\x12\n\n\x02id\x18\x01 \x01(\t\x12\x11\n\ttenant_id\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x0c\n\x04task\x18\x04 \x01(\t\x12\x16\n\x0elatest_version\x18\x05 \x01(\x05\x12/\n\x0b\x63reate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x35\n\x08versions\x18\x07 \x03(\x0b\x32#.visionmesh.gateway.v1.ModelVersion\"F\n\x11ListModelsRequest\x12\x1d\n\tpage_size\x18\x01 \x01(\x05\x42\n\xbaH\x07\x1a\x05\x18\xe8\x07(\x00\x12\x12\n\npage_token\x18\x02 \x01(\t\"[\n\x12ListModelsResponse\x12,\n\x06models\x18\x01 \x03(\x0b\x32\x1c.visionmesh.gateway.v1.Model\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"&\n\x0fGetModelRequest\x12\x13\n\x02id\x18\x01 \x01(\tB\x07\xbaH\x04r\x02\x10\x01\"?\n\x10GetModelResponse\x12+\n\x05model\x18\x01 \x01(\x0b\x32\x1c.visionmesh.gateway.v1.Model\"-\n\x16GetModelVersionRequest\x12\x13\n\x02id\x18\x01 \x01(\tB\x07\xbaH\x04r\x02\x10\x01\"U\n\x17GetModelVersionResponse\x12:\n\rmodel_version\x18\x01 \x01(\x0b\x32#.visionmesh.gateway.v1.ModelVersion2\x8f\x03\n\x0cModelService\x12u\n\nListModels\x12(.visionmesh.gateway.v1.ListModelsRequest\x1a).visionmesh.gateway.v1.ListModelsResponse\"\x12\x82\xd3\xe4\x93\x02\x0c\x12\n/v1/models\x12t\n\x08GetModel\x12&.visionmesh.gateway.v1.GetModelRequest\x1a\'.visionmesh.gateway.v1.GetModelResponse\"\x17\x82\xd3\xe4\x93\x02\x11\x12\x0f/v1/models/{id}\x12\x91\x01\n\x0fGetModelVersion\x12-.visionmesh.gateway.v1.GetModelVersionRequest\x1a..visionmesh.gateway.v1.GetModelVersionResponse\"\x1f\x82\xd3\xe4\x93\x02\x19\x12\x17/v1/model-versions/{id}b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"visionmesh/gateway/v1/models.proto\x12\x15visionmesh.gateway.v1\x1a\x1b\x62uf/validate/validate.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a#visionmesh/common/v1/artifact.proto\x1a!visionmesh/export/v1/export.proto\"\xb4\x01\n\x06\x45xport\x12\n\n\x02id\x18\x01 \x01(\t\x12\x18\n\x10model_version_id\x18\x02 \x01(\t\x12\x0e\n\x06job_id\x18\x03 \x01(\t\x12\x0f\n\x07\x66ormats\x18\x04 \x03(\t\x12\x32\n\x06result\x18\x05 \x01(\x0b\x32\".visionmesh.export.v1.ExportResult\x12/\n\x0b\x63reate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xc8\x03\n\x0cModelVersion\x12\n\n\x02id\x18\x01 \x01(\t\x12\x10\n\x08model_id\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\x05\x12\x0e\n\x06job_id\x18\x04 \x01(\t\x12\x13\n\x0bsnapshot_id\x18\x05 \x01(\t\x12\x11\n\tframework\x18\x06 \x01(\t\x12\x0c\n\x04task\x18\x07 \x01(\t\x12\x14\n\x0c\x61rchitecture\x18\x08 \x01(\t\x12\x13\n\x0b\x63lass_names\x18\t \x03(\t\x12\r\n\x05imgsz\x18\n \x01(\x05\x12\x41\n\x07metrics\x18\x0b \x03(\x0b\x32\x30.visionmesh.gateway.v1.ModelVersion.MetricsEntry\x12\x35\n\ncheckpoint\x18\x0c \x01(\x0b\x32!.visionmesh.common.v1.ArtifactRef\x12/\n\x0b\x63reate_time\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\x07\x65xports\x18\x0e \x03(\x0b\x32\x1d.visionmesh.gateway.v1.Export\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\xc2\x01\n\x05Model\x12\n\n\x02id\x18\x01 \x01(\t\x12\x11\n\ttenant_id\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x0c\n\x04task\x18\x04 \x01(\t\x12\x16\n\x0elatest_version\x18\x05 \x01(\x05\x12/\n\x0b\x63reate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x35\n\x08versions\x18\x07 \x03(\x0b\x32#.visionmesh.gateway.v1.ModelVersion\"F\n\x11ListModelsRequest\x12\x1d\n\tpage_size\x18\x01 \x01(\x05\x42\n\xbaH\x07\x1a\x05\x18\xe8\x07(\x00\x12\x12\n\npage_token\x18\x02 \x01(\t\"[\n\x12ListModelsResponse\x12,\n\x06models\x18\x01 \x03(\x0b\x32\x1c.visionmesh.gateway.v1.Model\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"&\n\x0fGetModelRequest\x12\x13\n\x02id\x18\x01 \x01(\tB\x07\xbaH\x04r\x02\x10\x01\"?\n\x10GetModelResponse\x12+\n\x05model\x18\x01 \x01(\x0b\x32\x1c.visionmesh.gateway.v1.Model\"-\n\x16GetModelVersionRequest\x12\x13\n\x02id\x18\x01 \x01(\tB\x07\xbaH\x04r\x02\x10\x01\"U\n\x17GetModelVersionResponse\x12:\n\rmodel_version\x18\x01 \x01(\x0b\x32#.visionmesh.gateway.v1.ModelVersion\"\'\n\x10GetExportRequest\x12\x13\n\x02id\x18\x01 \x01(\tB\x07\xbaH\x04r\x02\x10\x01\"B\n\x11GetExportResponse\x12-\n\x06\x65xport\x18\x01 \x01(\x0b\x32\x1d.visionmesh.gateway.v1.Export\"{\n\x1bGetExportDownloadUrlRequest\x12\x13\n\x02id\x18\x01 \x01(\tB\x07\xbaH\x04r\x02\x10\x01\x12G\n\x04\x66ile\x18\x02 \x01(\tB9\xbaH6r4R\x00R\x07packageR\x04onnxR\x08metadataR\x08tensorrtR\rparity_report\"t\n\x1cGetExportDownloadUrlResponse\x12\x0b\n\x03url\x18\x01 \x01(\t\x12\x12\n\nexpires_in\x18\x02 \x01(\x03\x12\x33\n\x08\x61rtifact\x18\x03 \x01(\x0b\x32!.visionmesh.common.v1.ArtifactRef2\xae\x05\n\x0cModelService\x12u\n\nListModels\x12(.visionmesh.gateway.v1.ListModelsRequest\x1a).visionmesh.gateway.v1.ListModelsResponse\"\x12\x82\xd3\xe4\x93\x02\x0c\x12\n/v1/models\x12t\n\x08GetModel\x12&.visionmesh.gateway.v1.GetModelRequest\x1a\'.visionmesh.gateway.v1.GetModelResponse\"\x17\x82\xd3\xe4\x93\x02\x11\x12\x0f/v1/models/{id}\x12\x91\x01\n\x0fGetModelVersion\x12-.visionmesh.gateway.v1.GetModelVersionRequest\x1a..visionmesh.gateway.v1.GetModelVersionResponse\"\x1f\x82\xd3\xe4\x93\x02\x19\x12\x17/v1/model-versions/{id}\x12x\n\tGetExport\x12\'.visionmesh.gateway.v1.GetExportRequest\x1a(.visionmesh.gateway.v1.GetExportResponse\"\x18\x82\xd3\xe4\x93\x02\x12\x12\x10/v1/exports/{id}\x12\xa2\x01\n\x14GetExportDownloadUrl\x12\x32.visionmesh.gateway.v1.GetExportDownloadUrlRequest\x1a\x33.visionmesh.gateway.v1.GetExportDownloadUrlResponse\"!\x82\xd3\xe4\x93\x02\x1b\x12\x19/v1/exports/{id}:downloadb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -43,30 +44,50 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETMODELREQUEST'].fields_by_name['id']._serialized_options = b'\272H\004r\002\020\001'
   _globals['_GETMODELVERSIONREQUEST'].fields_by_name['id']._loaded_options = None
   _globals['_GETMODELVERSIONREQUEST'].fields_by_name['id']._serialized_options = b'\272H\004r\002\020\001'
+  _globals['_GETEXPORTREQUEST'].fields_by_name['id']._loaded_options = None
+  _globals['_GETEXPORTREQUEST'].fields_by_name['id']._serialized_options = b'\272H\004r\002\020\001'
+  _globals['_GETEXPORTDOWNLOADURLREQUEST'].fields_by_name['id']._loaded_options = None
+  _globals['_GETEXPORTDOWNLOADURLREQUEST'].fields_by_name['id']._serialized_options = b'\272H\004r\002\020\001'
+  _globals['_GETEXPORTDOWNLOADURLREQUEST'].fields_by_name['file']._loaded_options = None
+  _globals['_GETEXPORTDOWNLOADURLREQUEST'].fields_by_name['file']._serialized_options = b'\272H6r4R\000R\007packageR\004onnxR\010metadataR\010tensorrtR\rparity_report'
   _globals['_MODELSERVICE'].methods_by_name['ListModels']._loaded_options = None
   _globals['_MODELSERVICE'].methods_by_name['ListModels']._serialized_options = b'\202\323\344\223\002\014\022\n/v1/models'
   _globals['_MODELSERVICE'].methods_by_name['GetModel']._loaded_options = None
   _globals['_MODELSERVICE'].methods_by_name['GetModel']._serialized_options = b'\202\323\344\223\002\021\022\017/v1/models/{id}'
   _globals['_MODELSERVICE'].methods_by_name['GetModelVersion']._loaded_options = None
   _globals['_MODELSERVICE'].methods_by_name['GetModelVersion']._serialized_options = b'\202\323\344\223\002\031\022\027/v1/model-versions/{id}'
-  _globals['_MODELVERSION']._serialized_start=191
-  _globals['_MODELVERSION']._serialized_end=599
-  _globals['_MODELVERSION_METRICSENTRY']._serialized_start=553
-  _globals['_MODELVERSION_METRICSENTRY']._serialized_end=599
-  _globals['_MODEL']._serialized_start=602
-  _globals['_MODEL']._serialized_end=796
-  _globals['_LISTMODELSREQUEST']._serialized_start=798
-  _globals['_LISTMODELSREQUEST']._serialized_end=868
-  _globals['_LISTMODELSRESPONSE']._serialized_start=870
-  _globals['_LISTMODELSRESPONSE']._serialized_end=961
-  _globals['_GETMODELREQUEST']._serialized_start=963
-  _globals['_GETMODELREQUEST']._serialized_end=1001
-  _globals['_GETMODELRESPONSE']._serialized_start=1003
-  _globals['_GETMODELRESPONSE']._serialized_end=1066
-  _globals['_GETMODELVERSIONREQUEST']._serialized_start=1068
-  _globals['_GETMODELVERSIONREQUEST']._serialized_end=1113
-  _globals['_GETMODELVERSIONRESPONSE']._serialized_start=1115
-  _globals['_GETMODELVERSIONRESPONSE']._serialized_end=1200
-  _globals['_MODELSERVICE']._serialized_start=1203
-  _globals['_MODELSERVICE']._serialized_end=1602
+  _globals['_MODELSERVICE'].methods_by_name['GetExport']._loaded_options = None
+  _globals['_MODELSERVICE'].methods_by_name['GetExport']._serialized_options = b'\202\323\344\223\002\022\022\020/v1/exports/{id}'
+  _globals['_MODELSERVICE'].methods_by_name['GetExportDownloadUrl']._loaded_options = None
+  _globals['_MODELSERVICE'].methods_by_name['GetExportDownloadUrl']._serialized_options = b'\202\323\344\223\002\033\022\031/v1/exports/{id}:download'
+  _globals['_EXPORT']._serialized_start=226
+  _globals['_EXPORT']._serialized_end=406
+  _globals['_MODELVERSION']._serialized_start=409
+  _globals['_MODELVERSION']._serialized_end=865
+  _globals['_MODELVERSION_METRICSENTRY']._serialized_start=819
+  _globals['_MODELVERSION_METRICSENTRY']._serialized_end=865
+  _globals['_MODEL']._serialized_start=868
+  _globals['_MODEL']._serialized_end=1062
+  _globals['_LISTMODELSREQUEST']._serialized_start=1064
+  _globals['_LISTMODELSREQUEST']._serialized_end=1134
+  _globals['_LISTMODELSRESPONSE']._serialized_start=1136
+  _globals['_LISTMODELSRESPONSE']._serialized_end=1227
+  _globals['_GETMODELREQUEST']._serialized_start=1229
+  _globals['_GETMODELREQUEST']._serialized_end=1267
+  _globals['_GETMODELRESPONSE']._serialized_start=1269
+  _globals['_GETMODELRESPONSE']._serialized_end=1332
+  _globals['_GETMODELVERSIONREQUEST']._serialized_start=1334
+  _globals['_GETMODELVERSIONREQUEST']._serialized_end=1379
+  _globals['_GETMODELVERSIONRESPONSE']._serialized_start=1381
+  _globals['_GETMODELVERSIONRESPONSE']._serialized_end=1466
+  _globals['_GETEXPORTREQUEST']._serialized_start=1468
+  _globals['_GETEXPORTREQUEST']._serialized_end=1507
+  _globals['_GETEXPORTRESPONSE']._serialized_start=1509
+  _globals['_GETEXPORTRESPONSE']._serialized_end=1575
+  _globals['_GETEXPORTDOWNLOADURLREQUEST']._serialized_start=1577
+  _globals['_GETEXPORTDOWNLOADURLREQUEST']._serialized_end=1700
+  _globals['_GETEXPORTDOWNLOADURLRESPONSE']._serialized_start=1702
+  _globals['_GETEXPORTDOWNLOADURLRESPONSE']._serialized_end=1818
+  _globals['_MODELSERVICE']._serialized_start=1821
+  _globals['_MODELSERVICE']._serialized_end=2507
 # @@protoc_insertion_point(module_scope)

@@ -51,6 +51,16 @@ class ModelServiceStub:
                 request_serializer=visionmesh_dot_gateway_dot_v1_dot_models__pb2.GetModelVersionRequest.SerializeToString,
                 response_deserializer=visionmesh_dot_gateway_dot_v1_dot_models__pb2.GetModelVersionResponse.FromString,
                 _registered_method=True)
+        self.GetExport = channel.unary_unary(
+                '/visionmesh.gateway.v1.ModelService/GetExport',
+                request_serializer=visionmesh_dot_gateway_dot_v1_dot_models__pb2.GetExportRequest.SerializeToString,
+                response_deserializer=visionmesh_dot_gateway_dot_v1_dot_models__pb2.GetExportResponse.FromString,
+                _registered_method=True)
+        self.GetExportDownloadUrl = channel.unary_unary(
+                '/visionmesh.gateway.v1.ModelService/GetExportDownloadUrl',
+                request_serializer=visionmesh_dot_gateway_dot_v1_dot_models__pb2.GetExportDownloadUrlRequest.SerializeToString,
+                response_deserializer=visionmesh_dot_gateway_dot_v1_dot_models__pb2.GetExportDownloadUrlResponse.FromString,
+                _registered_method=True)
 
 
 class ModelServiceServicer:
@@ -79,6 +89,23 @@ class ModelServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetExport(self, request, context):
+        """Returns one export (a finished export job's package). Errors: NOT_FOUND.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetExportDownloadUrl(self, request, context):
+        """A presigned download of an export's package (the Triton model repository zip) or of
+        one of its files. The URL changes; the route and the object it names do not.
+        Errors: NOT_FOUND (export, or a file it does not have, e.g. "tensorrt" without
+        an engine).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ModelServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -96,6 +123,16 @@ def add_ModelServiceServicer_to_server(servicer, server):
                     servicer.GetModelVersion,
                     request_deserializer=visionmesh_dot_gateway_dot_v1_dot_models__pb2.GetModelVersionRequest.FromString,
                     response_serializer=visionmesh_dot_gateway_dot_v1_dot_models__pb2.GetModelVersionResponse.SerializeToString,
+            ),
+            'GetExport': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetExport,
+                    request_deserializer=visionmesh_dot_gateway_dot_v1_dot_models__pb2.GetExportRequest.FromString,
+                    response_serializer=visionmesh_dot_gateway_dot_v1_dot_models__pb2.GetExportResponse.SerializeToString,
+            ),
+            'GetExportDownloadUrl': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetExportDownloadUrl,
+                    request_deserializer=visionmesh_dot_gateway_dot_v1_dot_models__pb2.GetExportDownloadUrlRequest.FromString,
+                    response_serializer=visionmesh_dot_gateway_dot_v1_dot_models__pb2.GetExportDownloadUrlResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -181,6 +218,60 @@ class ModelService:
             '/visionmesh.gateway.v1.ModelService/GetModelVersion',
             visionmesh_dot_gateway_dot_v1_dot_models__pb2.GetModelVersionRequest.SerializeToString,
             visionmesh_dot_gateway_dot_v1_dot_models__pb2.GetModelVersionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetExport(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/visionmesh.gateway.v1.ModelService/GetExport',
+            visionmesh_dot_gateway_dot_v1_dot_models__pb2.GetExportRequest.SerializeToString,
+            visionmesh_dot_gateway_dot_v1_dot_models__pb2.GetExportResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetExportDownloadUrl(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/visionmesh.gateway.v1.ModelService/GetExportDownloadUrl',
+            visionmesh_dot_gateway_dot_v1_dot_models__pb2.GetExportDownloadUrlRequest.SerializeToString,
+            visionmesh_dot_gateway_dot_v1_dot_models__pb2.GetExportDownloadUrlResponse.FromString,
             options,
             channel_credentials,
             insecure,
