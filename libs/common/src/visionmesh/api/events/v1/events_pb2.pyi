@@ -53,7 +53,7 @@ class TrainingJobRequest(_message.Message):
     def __init__(self, spec: _Optional[_Union[_training_pb2.TrainingSpec, _Mapping]] = ..., snapshot: _Optional[_Union[SnapshotRef, _Mapping]] = ..., init_checkpoint_key: _Optional[str] = ..., artifact_prefix: _Optional[str] = ...) -> None: ...
 
 class ExportJobRequest(_message.Message):
-    __slots__ = ("spec", "checkpoint_key", "checkpoint_sha256", "model_name", "model_version", "framework", "task", "architecture", "class_names", "artifact_prefix")
+    __slots__ = ("spec", "checkpoint_key", "checkpoint_sha256", "model_name", "model_version", "framework", "task", "architecture", "class_names", "artifact_prefix", "snapshot", "imgsz")
     SPEC_FIELD_NUMBER: _ClassVar[int]
     CHECKPOINT_KEY_FIELD_NUMBER: _ClassVar[int]
     CHECKPOINT_SHA256_FIELD_NUMBER: _ClassVar[int]
@@ -64,6 +64,8 @@ class ExportJobRequest(_message.Message):
     ARCHITECTURE_FIELD_NUMBER: _ClassVar[int]
     CLASS_NAMES_FIELD_NUMBER: _ClassVar[int]
     ARTIFACT_PREFIX_FIELD_NUMBER: _ClassVar[int]
+    SNAPSHOT_FIELD_NUMBER: _ClassVar[int]
+    IMGSZ_FIELD_NUMBER: _ClassVar[int]
     spec: _export_pb2.ExportSpec
     checkpoint_key: str
     checkpoint_sha256: str
@@ -74,7 +76,9 @@ class ExportJobRequest(_message.Message):
     architecture: str
     class_names: _containers.RepeatedScalarFieldContainer[str]
     artifact_prefix: str
-    def __init__(self, spec: _Optional[_Union[_export_pb2.ExportSpec, _Mapping]] = ..., checkpoint_key: _Optional[str] = ..., checkpoint_sha256: _Optional[str] = ..., model_name: _Optional[str] = ..., model_version: _Optional[int] = ..., framework: _Optional[str] = ..., task: _Optional[str] = ..., architecture: _Optional[str] = ..., class_names: _Optional[_Iterable[str]] = ..., artifact_prefix: _Optional[str] = ...) -> None: ...
+    snapshot: SnapshotRef
+    imgsz: int
+    def __init__(self, spec: _Optional[_Union[_export_pb2.ExportSpec, _Mapping]] = ..., checkpoint_key: _Optional[str] = ..., checkpoint_sha256: _Optional[str] = ..., model_name: _Optional[str] = ..., model_version: _Optional[int] = ..., framework: _Optional[str] = ..., task: _Optional[str] = ..., architecture: _Optional[str] = ..., class_names: _Optional[_Iterable[str]] = ..., artifact_prefix: _Optional[str] = ..., snapshot: _Optional[_Union[SnapshotRef, _Mapping]] = ..., imgsz: _Optional[int] = ...) -> None: ...
 
 class BatchInferenceJobRequest(_message.Message):
     __slots__ = ("spec", "artifact_prefix")

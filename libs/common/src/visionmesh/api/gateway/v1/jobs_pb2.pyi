@@ -115,7 +115,7 @@ class MetricBatch(_message.Message):
     def __init__(self, points: _Optional[_Iterable[_Union[_metric_pb2.MetricPoint, _Mapping]]] = ...) -> None: ...
 
 class WatchJobResponse(_message.Message):
-    __slots__ = ("sequence", "time", "job", "state_change", "progress", "metrics", "artifact", "model_version_id")
+    __slots__ = ("sequence", "time", "job", "state_change", "progress", "metrics", "artifact", "model_version_id", "export_id")
     SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     TIME_FIELD_NUMBER: _ClassVar[int]
     JOB_FIELD_NUMBER: _ClassVar[int]
@@ -124,6 +124,7 @@ class WatchJobResponse(_message.Message):
     METRICS_FIELD_NUMBER: _ClassVar[int]
     ARTIFACT_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_ID_FIELD_NUMBER: _ClassVar[int]
+    EXPORT_ID_FIELD_NUMBER: _ClassVar[int]
     sequence: int
     time: _timestamp_pb2.Timestamp
     job: _job_pb2.Job
@@ -132,7 +133,8 @@ class WatchJobResponse(_message.Message):
     metrics: MetricBatch
     artifact: _artifact_pb2.ArtifactRef
     model_version_id: str
-    def __init__(self, sequence: _Optional[int] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., job: _Optional[_Union[_job_pb2.Job, _Mapping]] = ..., state_change: _Optional[_Union[JobStateChange, _Mapping]] = ..., progress: _Optional[_Union[_job_pb2.JobProgress, _Mapping]] = ..., metrics: _Optional[_Union[MetricBatch, _Mapping]] = ..., artifact: _Optional[_Union[_artifact_pb2.ArtifactRef, _Mapping]] = ..., model_version_id: _Optional[str] = ...) -> None: ...
+    export_id: str
+    def __init__(self, sequence: _Optional[int] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., job: _Optional[_Union[_job_pb2.Job, _Mapping]] = ..., state_change: _Optional[_Union[JobStateChange, _Mapping]] = ..., progress: _Optional[_Union[_job_pb2.JobProgress, _Mapping]] = ..., metrics: _Optional[_Union[MetricBatch, _Mapping]] = ..., artifact: _Optional[_Union[_artifact_pb2.ArtifactRef, _Mapping]] = ..., model_version_id: _Optional[str] = ..., export_id: _Optional[str] = ...) -> None: ...
 
 class ListJobMetricsRequest(_message.Message):
     __slots__ = ("id", "name")
