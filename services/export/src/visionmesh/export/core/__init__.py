@@ -1,0 +1,1 @@
+"""The export pipeline: checkpoint -> ONNX (and TensorRT) -> parity check -> Triton repository."""
