@@ -254,10 +254,59 @@ class Unauthenticated(VisionMeshError):
 
 
 class FailedPrecondition(VisionMeshError):
-    """The system is not in a state for this operation (e.g. dataset not READY); don't retry."""
+    """The system is not in a state for this operation (e.g. dataset not READY); don't retry.
+
+    `field_violations` name the request fields this deployment cannot honour (e.g.
+    `spec.formats` asking for TensorRT without a GPU); they travel as the violations of a
+    PreconditionFailure detail, the field as `subject` and the reason as `type`.
+    """
 
     grpc_code = grpc.StatusCode.FAILED_PRECONDITION
     http_status = 400
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        field_violations: Iterable[FieldViolation | tuple[str, str]] = (),
+        reason: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(message, reason=reason, metadata=metadata)
+        self.field_violations: tuple[FieldViolation, ...] = tuple(
+            v if isinstance(v, FieldViolation) else FieldViolation(field=v[0], description=v[1])
+            for v in field_violations
+        )
+
+    @classmethod
+    def for_field(cls, field: str, description: str, *, reason: str | None = None) -> Self:
+        """One field that cannot be honoured: `FailedPrecondition.for_field("spec.half", ...)`."""
+        violations = [FieldViolation(field=field, description=description)]
+        return cls(f"{field}: {description}", field_violations=violations, reason=reason)
+
+    def _extra_details(self) -> list[Message]:
+        if not self.field_violations:
+            return []
+        return [
+            error_details_pb2.PreconditionFailure(
+                violations=[
+                    error_details_pb2.PreconditionFailure.Violation(
+                        type=v.reason, subject=v.field, description=v.description
+                    )
+                    for v in self.field_violations
+                ]
+            )
+        ]
+
+    @classmethod
+    def _init_kwargs_from_details(cls, details: Sequence[Message]) -> dict[str, Any]:
+        violations = [
+            FieldViolation(field=v.subject, description=v.description, reason=v.type)
+            for d in details
+            if isinstance(d, error_details_pb2.PreconditionFailure)
+            for v in d.violations
+        ]
+        return {"field_violations": violations}
 
 
 class Aborted(VisionMeshError):
