@@ -7,12 +7,9 @@ import importlib.util
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 import yaml
-
-if TYPE_CHECKING:
-    from torch import nn
+from visionmesh.common.classifiers import build_torchvision_classifier
 
 __all__ = [
     "TASKS",
@@ -75,27 +72,6 @@ def torchvision_architectures() -> tuple[str, ...]:
     import torchvision
 
     return tuple(sorted(torchvision.models.list_models(module=torchvision.models)))
-
-
-def _builder_kwargs(arch: str, imgsz: int) -> dict[str, Any]:
-    # Architectures whose constructors need telling about the input or that return auxiliary
-    # outputs by default; the trainer wants one logits tensor from every model.
-    if arch.startswith("vit_"):
-        return {"image_size": imgsz}
-    if arch.startswith("maxvit"):
-        return {"input_size": (imgsz, imgsz)}
-    if arch in {"googlenet", "inception_v3"}:
-        return {"aux_logits": False, "init_weights": True}
-    return {}
-
-
-def build_torchvision_classifier(arch: str, *, num_classes: int, imgsz: int) -> nn.Module:
-    """A randomly initialised torchvision classifier with `num_classes` outputs."""
-    import torchvision
-
-    return torchvision.models.get_model(
-        arch, weights=None, num_classes=num_classes, **_builder_kwargs(arch, imgsz)
-    )
 
 
 @functools.lru_cache(maxsize=256)

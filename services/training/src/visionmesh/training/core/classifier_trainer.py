@@ -18,7 +18,13 @@ import torch
 from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, RandomSampler, TensorDataset
-from visionmesh.training.core._architectures import build_torchvision_classifier
+from visionmesh.common.classifiers import (
+    CHECKPOINT_FORMAT,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    build_torchvision_classifier,
+    read_checkpoint,
+)
 from visionmesh.training.core._progress import ProgressReporter, TrainingCancelled
 from visionmesh.training.core.callbacks import (
     DEFAULT_PROGRESS_EVERY,
@@ -39,9 +45,6 @@ __all__ = [
     "train_classifier",
 ]
 
-CHECKPOINT_FORMAT = "visionmesh.classifier/1"
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 _RUN_NAME = "run"
 _FINAL_LR_FRACTION = 0.01
@@ -199,10 +202,7 @@ def _save_atomic(obj: Mapping[str, Any], path: Path) -> None:
 
 
 def _load_checkpoint(path: Path) -> dict[str, Any]:
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path} is not a visionmesh classifier checkpoint")
-    return ckpt
+    return read_checkpoint(path)
 
 
 def _load_matching(model: nn.Module, state: Mapping[str, torch.Tensor]) -> int:
