@@ -86,7 +86,7 @@ class NmsSettings(_message.Message):
     def __init__(self, iou: _Optional[float] = ..., conf: _Optional[float] = ..., max_det: _Optional[int] = ..., agnostic: _Optional[bool] = ...) -> None: ...
 
 class ModelMetadata(_message.Message):
-    __slots__ = ("model_version_id", "framework", "task", "class_names", "input", "layout", "input_height", "input_width", "channel_order", "resize", "pad_value", "scale", "mean", "std", "outputs", "postprocess", "nms", "dynamic_batch", "max_batch_size", "opset")
+    __slots__ = ("model_version_id", "framework", "task", "class_names", "input", "layout", "input_height", "input_width", "channel_order", "resize", "pad_value", "scale", "mean", "std", "outputs", "postprocess", "nms", "dynamic_batch", "max_batch_size", "opset", "nms_in_graph")
     MODEL_VERSION_ID_FIELD_NUMBER: _ClassVar[int]
     FRAMEWORK_FIELD_NUMBER: _ClassVar[int]
     TASK_FIELD_NUMBER: _ClassVar[int]
@@ -107,6 +107,7 @@ class ModelMetadata(_message.Message):
     DYNAMIC_BATCH_FIELD_NUMBER: _ClassVar[int]
     MAX_BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     OPSET_FIELD_NUMBER: _ClassVar[int]
+    NMS_IN_GRAPH_FIELD_NUMBER: _ClassVar[int]
     model_version_id: str
     framework: str
     task: str
@@ -127,7 +128,8 @@ class ModelMetadata(_message.Message):
     dynamic_batch: bool
     max_batch_size: int
     opset: int
-    def __init__(self, model_version_id: _Optional[str] = ..., framework: _Optional[str] = ..., task: _Optional[str] = ..., class_names: _Optional[_Iterable[str]] = ..., input: _Optional[_Union[TensorInfo, _Mapping]] = ..., layout: _Optional[str] = ..., input_height: _Optional[int] = ..., input_width: _Optional[int] = ..., channel_order: _Optional[str] = ..., resize: _Optional[str] = ..., pad_value: _Optional[int] = ..., scale: _Optional[float] = ..., mean: _Optional[_Iterable[float]] = ..., std: _Optional[_Iterable[float]] = ..., outputs: _Optional[_Iterable[_Union[TensorInfo, _Mapping]]] = ..., postprocess: _Optional[str] = ..., nms: _Optional[_Union[NmsSettings, _Mapping]] = ..., dynamic_batch: _Optional[bool] = ..., max_batch_size: _Optional[int] = ..., opset: _Optional[int] = ...) -> None: ...
+    nms_in_graph: bool
+    def __init__(self, model_version_id: _Optional[str] = ..., framework: _Optional[str] = ..., task: _Optional[str] = ..., class_names: _Optional[_Iterable[str]] = ..., input: _Optional[_Union[TensorInfo, _Mapping]] = ..., layout: _Optional[str] = ..., input_height: _Optional[int] = ..., input_width: _Optional[int] = ..., channel_order: _Optional[str] = ..., resize: _Optional[str] = ..., pad_value: _Optional[int] = ..., scale: _Optional[float] = ..., mean: _Optional[_Iterable[float]] = ..., std: _Optional[_Iterable[float]] = ..., outputs: _Optional[_Iterable[_Union[TensorInfo, _Mapping]]] = ..., postprocess: _Optional[str] = ..., nms: _Optional[_Union[NmsSettings, _Mapping]] = ..., dynamic_batch: _Optional[bool] = ..., max_batch_size: _Optional[int] = ..., opset: _Optional[int] = ..., nms_in_graph: _Optional[bool] = ...) -> None: ...
 
 class TritonModel(_message.Message):
     __slots__ = ("name", "platform", "version", "config", "model")
