@@ -6,7 +6,7 @@ import asyncio
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Self
@@ -37,6 +37,7 @@ class Ports:
     gateway_rest: int = 8080
     gateway_grpc: int = 50051
     training_grpc: int = 50061
+    export_grpc: int = 50071
     nats: int = 14222
     s3: int = 18333
     s3_internal_base: int = 18340
@@ -44,11 +45,12 @@ class Ports:
     @classmethod
     def free(cls) -> Ports:
         """All-ephemeral ports, for tests running a stack next to another."""
-        rest, grpc_port, training, nats, s3 = free_ports(5)
+        rest, grpc_port, training, export, nats, s3 = free_ports(6)
         return cls(
             gateway_rest=rest,
             gateway_grpc=grpc_port,
             training_grpc=training,
+            export_grpc=export,
             nats=nats,
             s3=s3,
             s3_internal_base=0,
@@ -61,6 +63,8 @@ class Ports:
 
 
 DEFAULT_PORTS = Ports()
+WORKER_SERVICES = ("training", "export")
+"""The worker services `make up` runs next to the gateway, in start order."""
 
 
 def grpc_health_probe(port: int) -> ReadyCheck:
@@ -95,11 +99,17 @@ class Stack:
         ports: Ports = DEFAULT_PORTS,
         extra_env: dict[str, str] | None = None,
         training_workers: int = 1,
+        workers: Sequence[str] = WORKER_SERVICES,
     ) -> None:
         self.data_dir = data_dir.resolve()
         self.ports = ports
         self.extra_env = dict(extra_env or {})
         self.training_workers = training_workers
+        unknown = set(workers) - set(WORKER_SERVICES)
+        if unknown:
+            raise ValueError(f"unknown worker services {sorted(unknown)}")
+        self.workers = tuple(workers)
+        """The worker services to run; a test that needs only some starts fewer processes."""
         self.logs = self.data_dir / "logs"
         self.nats = NatsServer(store_dir=self.data_dir / "nats", port=ports.nats, log_dir=self.logs)
         self.s3 = SeaweedS3(
@@ -141,15 +151,28 @@ class Stack:
 
     def plan(self) -> list[ManagedProcess]:
         p = self.ports
-        training = self._service(
-            "training",
-            "visionmesh.training",
-            p.training_grpc,
-            {
-                "VISIONMESH_GRPC_PORT": str(p.training_grpc),
-                "VISIONMESH_WORKERS": str(self.training_workers),
-            },
-        )
+        planned: list[ManagedProcess] = []
+        if "training" in self.workers:
+            planned.append(
+                self._service(
+                    "training",
+                    "visionmesh.training",
+                    p.training_grpc,
+                    {
+                        "VISIONMESH_GRPC_PORT": str(p.training_grpc),
+                        "VISIONMESH_WORKERS": str(self.training_workers),
+                    },
+                )
+            )
+        if "export" in self.workers:
+            planned.append(
+                self._service(
+                    "export",
+                    "visionmesh.export",
+                    p.export_grpc,
+                    {"VISIONMESH_GRPC_PORT": str(p.export_grpc)},
+                )
+            )
         gateway = self._service(
             "gateway",
             "visionmesh.gateway",
@@ -158,9 +181,10 @@ class Stack:
                 "VISIONMESH_GRPC_PORT": str(p.gateway_grpc),
                 "VISIONMESH_REST_PORT": str(p.gateway_rest),
                 "VISIONMESH_TRAINING_ADDR": f"127.0.0.1:{p.training_grpc}",
+                "VISIONMESH_EXPORT_ADDR": f"127.0.0.1:{p.export_grpc}",
             },
         )
-        return [training, gateway]
+        return [*planned, gateway]
 
     async def start(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -246,6 +270,7 @@ class Stack:
             "gateway REST": f"http://127.0.0.1:{p.gateway_rest}  (OpenAPI: /openapi.json)",
             "gateway gRPC": f"127.0.0.1:{p.gateway_grpc}",
             "training gRPC": f"127.0.0.1:{p.training_grpc}",
+            "export gRPC": f"127.0.0.1:{p.export_grpc}",
             "NATS": self.nats.url,
             "S3": f"http://{self.s3.endpoint}  (key {S3_ACCESS_KEY})",
             "state": str(self.data_dir),

@@ -1,0 +1,1 @@
+"""The export job handler on the shared job runtime."""

@@ -1,0 +1,270 @@
+"""The export pipeline on real checkpoints: ONNX that describes itself, verified parity."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from visionmesh.api.export.v1 import export_pb2
+from visionmesh.common.classifiers import CHECKPOINT_FORMAT, build_torchvision_classifier
+from visionmesh.common.specs.export import UNCONFIRMED_CAPABILITIES, check_export_spec
+from visionmesh.export.core.images import synthetic_images
+from visionmesh.export.core.parity import check_parity, onnx_runner
+from visionmesh.export.core.pipeline import (
+    ExportPackage,
+    ExportTarget,
+    ParityFailed,
+    Stopped,
+    run_export,
+)
+from visionmesh.export.core.source import SourceError, load_source
+
+os.environ.setdefault("YOLO_OFFLINE", "1")
+
+IMGSZ = 64
+NAMES = ("circle", "square", "triangle")
+
+
+def _yolo_checkpoint(path: Path, yaml: str, *, confident: bool = False) -> Path:
+    """A random-init Ultralytics model with our class names, saved as the registry keeps it."""
+    from ultralytics import YOLO
+
+    model = YOLO(yaml)
+    inner: Any = model.model
+    if "cls" in yaml:
+        head = inner.model[-1]
+        head.linear = torch.nn.Linear(head.linear.in_features, len(NAMES))
+    else:
+        inner.model[-1].nc = inner.model[-1].nc  # keep the head; only names change below
+    inner.names = dict(enumerate(NAMES)) if "cls" in yaml else inner.names
+    if confident:
+        # An untrained head scores everything near zero; spread the class biases so
+        # boxes clear the confidence threshold and overlap, which is what NMS must get right.
+        generator = torch.Generator().manual_seed(0)
+        for branch in inner.model[-1].cv3:
+            bias = branch[-1].bias
+            bias.data = torch.randn(bias.shape, generator=generator) * 1.5
+    model.save(str(path))
+    return path
+
+
+def _classifier_checkpoint(path: Path) -> Path:
+    model = build_torchvision_classifier("resnet18", num_classes=len(NAMES), imgsz=IMGSZ)
+    torch.save(
+        {
+            "format": CHECKPOINT_FORMAT,
+            "model_state": model.state_dict(),
+            "arch": "resnet18",
+            "class_names": list(NAMES),
+            "imgsz": IMGSZ,
+        },
+        path,
+    )
+    return path
+
+
+def _target(
+    spec: export_pb2.ExportSpec, framework: str, task: str, names: tuple[str, ...]
+) -> ExportTarget:
+    checked = check_export_spec(
+        spec,
+        framework=framework,
+        task=task,
+        model_imgsz=IMGSZ,
+        capabilities=UNCONFIRMED_CAPABILITIES,
+    )
+    return ExportTarget(
+        spec=checked,
+        model_version_id="mv-1",
+        model_name="shapes",
+        model_version=3,
+        framework=framework,
+        task=task,
+        architecture="",
+        class_names=names,
+        imgsz=IMGSZ,
+    )
+
+
+def _export(tmp: Path, checkpoint: Path, target: ExportTarget, images: int = 8) -> ExportPackage:
+    phases: list[str] = []
+    package = run_export(
+        target,
+        checkpoint,
+        tmp,
+        synthetic_images(images),
+        on_phase=phases.append,
+        should_stop=lambda: False,
+    )
+    assert phases == ["load", "export", "parity", "package"]
+    return package
+
+
+@pytest.fixture(scope="module")
+def detect_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _yolo_checkpoint(
+        tmp_path_factory.mktemp("ckpt") / "detect.pt", "yolo11n.yaml", confident=True
+    )
+
+
+@pytest.mark.timeout(300)
+def test_detect_export_with_in_graph_nms_is_verified_image_by_image(
+    tmp_path: Path, detect_checkpoint: Path
+) -> None:
+    from ultralytics import YOLO
+
+    spec = export_pb2.ExportSpec(
+        dynamic_batch=True,
+        max_batch_size=8,
+        nms=True,
+        nms_settings=export_pb2.NmsSettings(conf=0.4),
+    )
+    target = _target(spec, "ultralytics", "detect", ())
+    package = _export(tmp_path, detect_checkpoint, target)
+    report = package.parity
+    assert report.passed, report.failure
+    assert report.images == 8 and report.image_source == "synthetic"
+    # The heads were made confident: real boxes were compared, in the raw graph and in the
+    # NMS graph, for a batch of 8 different images at once.
+    assert report.boxes_reference > 20
+    assert report.boxes_matched == report.boxes_reference == report.boxes_exported
+    assert report.min_box_iou >= 0.99 and report.max_score_diff <= 1e-3
+    assert report.graph_nms_matched == report.graph_nms_reference == report.boxes_reference
+    assert report.batch_size == 8 and report.batch_max_abs_diff < 1e-3
+
+    graph = onnx.load(package.path("model.onnx"))
+    (output,) = graph.graph.output
+    dims = [d.dim_value or d.dim_param for d in output.type.tensor_type.shape.dim]
+    assert dims[1:] == [300, 6] and isinstance(dims[0], str)
+    (graph_input,) = graph.graph.input
+    assert [d.dim_value for d in graph_input.type.tensor_type.shape.dim][1:] == [3, IMGSZ, IMGSZ]
+
+    metadata = json.loads(package.path("metadata.json").read_text())
+    assert metadata["nms_in_graph"] is True and metadata["resize"] == "letterbox"
+    assert metadata["postprocess"] == "yolo_detect" and metadata["nms"]["conf"] == pytest.approx(
+        0.4
+    )
+    assert json.loads(package.path("parity.json").read_text())["onnx"]["passed"] is True
+    names = {model.name: model.platform for model in package.triton_models}
+    assert names["shapes-v3"] == "onnxruntime_onnx" and "ensemble" in names.values()
+    assert package.path("triton.zip").stat().st_size > 0
+
+    # Ultralytics' own loader reads the file's metadata: names, and that NMS is inside.
+    loaded = YOLO(str(package.path("model.onnx")), task="detect")
+    image = synthetic_images(1).images[0]
+    results: Any = loaded.predict(image[..., ::-1], imgsz=IMGSZ, conf=0.4, verbose=False)
+    assert loaded.names == dict(enumerate(loaded.names.values())) and len(loaded.names) == 80
+    assert len(results[0].boxes) > 0
+
+
+@pytest.mark.timeout(300)
+def test_a_classifier_of_each_framework_exports_with_top1_parity(tmp_path: Path) -> None:
+    from ultralytics import YOLO
+
+    ultra = _yolo_checkpoint(tmp_path / "cls.pt", "yolo11n-cls.yaml")
+    package = _export(
+        tmp_path / "u", ultra, _target(export_pb2.ExportSpec(), "ultralytics", "classify", NAMES)
+    )
+    assert package.parity.passed and package.parity.top1_agreed == 8
+    assert (
+        package.metadata.resize == "center_crop" and package.metadata.postprocess == "probabilities"
+    )
+    assert YOLO(str(package.path("model.onnx")), task="classify").names == dict(enumerate(NAMES))
+
+    tv = _classifier_checkpoint(tmp_path / "tv.pt")
+    spec = export_pb2.ExportSpec(dynamic_batch=True, softmax=False)
+    package = _export(tmp_path / "t", tv, _target(spec, "torchvision", "classify", NAMES))
+    assert package.parity.passed and package.parity.top1_agreed == 8
+    assert package.metadata.postprocess == "logits" and package.metadata.resize == "resize"
+    assert list(package.metadata.mean) == pytest.approx([0.485, 0.456, 0.406])
+    props = {p.key: p.value for p in onnx.load(package.path("model.onnx")).metadata_props}
+    assert props["task"] == "classify" and "square" in props["names"]
+
+
+@pytest.mark.timeout(300)
+def test_segment_export_and_a_fixed_batch(tmp_path: Path) -> None:
+    checkpoint = _yolo_checkpoint(tmp_path / "seg.pt", "yolo11n-seg.yaml")
+    spec = export_pb2.ExportSpec(max_batch_size=2)  # fixed batch of 2, no dynamic axis
+    package = _export(tmp_path, checkpoint, _target(spec, "ultralytics", "segment", ()), images=5)
+    assert package.parity.passed, package.parity.failure
+    assert [o.name for o in package.parity.outputs] == ["output0", "output1"]
+    assert package.metadata.input.shape[:2] == [2, 3] and not package.metadata.dynamic_batch
+    assert package.metadata.postprocess == "yolo_segment"
+
+
+def test_a_wrong_exported_model_fails_the_check_with_its_numbers(
+    tmp_path: Path, detect_checkpoint: Path
+) -> None:
+    target = _target(export_pb2.ExportSpec(dynamic_batch=True), "ultralytics", "detect", ())
+    package = _export(tmp_path, detect_checkpoint, target, images=2)
+    source = load_source(
+        detect_checkpoint, framework="ultralytics", task="detect", class_names=(), imgsz=IMGSZ
+    )
+    exact = onnx_runner(package.path("model.onnx"))
+
+    def off_by_a_little(batch: np.ndarray) -> list[np.ndarray]:
+        return [out + 0.01 for out in exact(batch)]
+
+    meta: dict[str, Any] = {
+        "resize": "letterbox",
+        "input_height": IMGSZ,
+        "input_width": IMGSZ,
+        "scale": 1 / 255,
+        "pad_value": 114,
+        "channel_order": "rgb",
+        "postprocess": "yolo_detect",
+        "task": "detect",
+        "nms": {"iou": 0.7, "conf": 0.25, "max_det": 300},
+    }
+    report = check_parity(
+        source, target.spec, meta, synthetic_images(2), off_by_a_little, output_names=["output0"]
+    )
+    assert not report.passed
+    assert "output0: max |diff| 0.01" in report.failure
+    assert report.outputs[0].max_abs_diff == pytest.approx(0.01, abs=1e-4)
+
+
+def test_zero_tolerance_fails_the_export_and_stop_ends_it(
+    tmp_path: Path, detect_checkpoint: Path
+) -> None:
+    spec = export_pb2.ExportSpec(parity=export_pb2.ParityTolerance(atol=0, rtol=0))
+    target = _target(spec, "ultralytics", "detect", ())
+    target.spec.parity.atol = 0.0
+    with pytest.raises(ParityFailed, match="parity check failed: output0: max"):
+        _export(tmp_path / "a", detect_checkpoint, target, images=2)
+    with pytest.raises(Stopped):
+        run_export(
+            target,
+            detect_checkpoint,
+            tmp_path / "b",
+            synthetic_images(1),
+            on_phase=lambda _: None,
+            should_stop=lambda: True,
+        )
+
+
+def test_a_checkpoint_that_is_not_what_the_registry_says_is_refused(
+    tmp_path: Path, detect_checkpoint: Path
+) -> None:
+    with pytest.raises(SourceError, match="is a detect model, the registry says classify"):
+        load_source(
+            detect_checkpoint, framework="ultralytics", task="classify", class_names=(), imgsz=IMGSZ
+        )
+    with pytest.raises(SourceError, match="class names differ"):
+        load_source(
+            detect_checkpoint,
+            framework="ultralytics",
+            task="detect",
+            class_names=("a",),
+            imgsz=IMGSZ,
+        )
+    with pytest.raises(SourceError, match="cannot load the torchvision checkpoint"):
+        load_source(
+            detect_checkpoint, framework="torchvision", task="classify", class_names=(), imgsz=IMGSZ
+        )
