@@ -13,6 +13,7 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 
 def arguments(imgsz: int, conf: float) -> dict:
@@ -25,7 +26,7 @@ def predict(model_path: str, images: list[Path], args: dict) -> dict[str, list[l
     model = YOLO(model_path, task="detect")
     boxes: dict[str, list[list[float]]] = {}
     for image in images:
-        (result,) = model.predict(str(image), **args)
+        result: Any = model.predict(str(image), **args)[0]
         rows = result.boxes.data.tolist() if result.boxes is not None else []
         boxes[image.name] = [[float(v) for v in row] for row in rows]
     return boxes
