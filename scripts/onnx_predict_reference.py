@@ -26,7 +26,8 @@ def predict(model_path: str, images: list[Path], args: dict) -> dict[str, list[l
     model = YOLO(model_path, task="detect")
     boxes: dict[str, list[list[float]]] = {}
     for image in images:
-        result: Any = model.predict(str(image), **args)[0]
+        results: Any = model.predict(str(image), **args)
+        result = results[0]
         rows = result.boxes.data.tolist() if result.boxes is not None else []
         boxes[image.name] = [[float(v) for v in row] for row in rows]
     return boxes
