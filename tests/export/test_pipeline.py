@@ -183,6 +183,14 @@ def test_a_classifier_of_each_framework_exports_with_top1_parity(tmp_path: Path)
     assert package.parity.passed and package.parity.top1_agreed == 8
     assert package.metadata.postprocess == "logits" and package.metadata.resize == "resize"
     assert list(package.metadata.mean) == pytest.approx([0.485, 0.456, 0.406])
+    # The default ends the graph in a softmax; parity compares it with the same in PyTorch.
+    package = _export(
+        tmp_path / "s",
+        tv,
+        _target(export_pb2.ExportSpec(), "torchvision", "classify", NAMES),
+        images=2,
+    )
+    assert package.parity.passed and package.metadata.postprocess == "probabilities"
     props = {p.key: p.value for p in onnx.load(package.path("model.onnx")).metadata_props}
     assert props["task"] == "classify" and "square" in props["names"]
 

@@ -32,7 +32,6 @@ from visionmesh.export.core.triton import (
 if TYPE_CHECKING:
     from tests.export.triton_server import TritonServer
 
-pytest_plugins = ("tests.export.triton_server",)
 
 os.environ.setdefault("YOLO_OFFLINE", "1")
 os.environ.setdefault(

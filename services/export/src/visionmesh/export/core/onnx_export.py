@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import contextlib
+import dataclasses
 import io
 import shutil
 from collections.abc import Mapping, Sequence
@@ -87,8 +88,15 @@ class _WithSoftmax(torch.nn.Module):
         return torch.softmax(self.model(x), dim=1)
 
 
+def as_exported(source: SourceModel, spec: export_pb2.ExportSpec) -> SourceModel:
+    """The PyTorch model computing what the exported graph computes (its parity reference)."""
+    if source.framework == "torchvision" and spec.softmax:
+        return dataclasses.replace(source, module=_WithSoftmax(source.module).eval())
+    return source
+
+
 def _export_torchvision(source: SourceModel, spec: export_pb2.ExportSpec, path: Path) -> None:
-    model = _WithSoftmax(source.module) if spec.softmax else source.module
+    model = as_exported(source, spec).module
     batch = 1 if spec.dynamic_batch else spec.max_batch_size
     sample = torch.zeros(batch, 3, spec.imgsz, spec.imgsz)
     axes: dict[str, dict[int, str]] = {}

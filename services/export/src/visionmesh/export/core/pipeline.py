@@ -21,6 +21,7 @@ from visionmesh.export.core.metadata import metadata_dict, metadata_json, model_
 from visionmesh.export.core.nms_graph import append_nms
 from visionmesh.export.core.onnx_export import (
     INPUT_NAME,
+    as_exported,
     export_onnx,
     output_names,
     pin_output_shapes,
@@ -146,6 +147,7 @@ def run_export(
     ultralytics_metadata = read_metadata(final)
     phase("parity")
     meta = metadata_dict(metadata)
+    source = as_exported(source, spec)
     report = check_parity(
         source,
         spec,
