@@ -1,7 +1,9 @@
-"""A real gateway in-process, with a real training service for spec validation."""
+"""A real gateway in-process, with a real training service for spec validation and, when a
+test asks for one, an export service answering from the shared rules."""
 
 from __future__ import annotations
 
+import socket
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -12,7 +14,9 @@ import grpc
 import httpx
 import pytest
 import pytest_asyncio
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
+from visionmesh.api.export.v1 import export_pb2, export_pb2_grpc
 from visionmesh.api.training.v1 import training_pb2_grpc
 from visionmesh.common.auth import (
     ServiceTokenVerifier,
@@ -22,6 +26,8 @@ from visionmesh.common.auth import (
 from visionmesh.common.embedded import NatsServer, SeaweedS3
 from visionmesh.common.events import EventBus
 from visionmesh.common.rpc import GrpcServer
+from visionmesh.common.specs.export import ExportCapabilities, check_export_spec
+from visionmesh.export.config import ExportSettings
 from visionmesh.gateway.app import Gateway
 from visionmesh.gateway.config import GatewaySettings
 from visionmesh.training.api.servicer import TrainingServicer
@@ -87,6 +93,64 @@ async def start_training_server(tmp: Path, public_key_pem: bytes) -> GrpcServer:
     return server
 
 
+class RulesExportService(export_pb2_grpc.ExportServiceServicer):
+    """An export service with fixed capabilities (the real one probes its GPU and TensorRT),
+    answering ValidateSpec with the shared rules as the real one does."""
+
+    def __init__(self, capabilities: ExportCapabilities) -> None:
+        self.capabilities = capabilities
+        self.validated: list[export_pb2.ValidateSpecRequest] = []
+
+    async def GetCapabilities(
+        self, request: export_pb2.GetCapabilitiesRequest, context: Any
+    ) -> export_pb2.GetCapabilitiesResponse:
+        return self.capabilities.to_proto()
+
+    async def ValidateSpec(
+        self, request: export_pb2.ValidateSpecRequest, context: Any
+    ) -> export_pb2.ValidateSpecResponse:
+        self.validated.append(request)
+        spec = check_export_spec(
+            request.spec,
+            framework=request.model_framework,
+            task=request.model_task,
+            model_imgsz=request.model_imgsz,
+            capabilities=self.capabilities,
+        )
+        return export_pb2.ValidateSpecResponse(spec=spec)
+
+
+async def start_export_server(
+    tmp: Path, public_key_pem: bytes, service: RulesExportService
+) -> GrpcServer:
+    settings = ExportSettings(
+        grpc_port=0,
+        nats_url="nats://unused:4222",
+        s3_endpoint="unused:9000",
+        s3_access_key="unused",
+        s3_secret_key="unused",
+        data_dir=tmp,
+    )
+    server = GrpcServer(
+        settings=settings,
+        authenticator=ServiceTokenVerifier.from_pem([public_key_pem], audience="export"),
+    )
+    server.add_service(
+        export_pb2_grpc.add_ExportServiceServicer_to_server,
+        service,
+        service_name="visionmesh.export.v1.ExportService",
+    )
+    await server.start()
+    return server
+
+
+def dead_address() -> str:
+    """A local port nobody listens on: a service that is down (or still starting)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return f"127.0.0.1:{sock.getsockname()[1]}"
+
+
 GatewayFactory = Callable[..., Awaitable[GatewayHarness]]
 
 
@@ -98,9 +162,16 @@ async def make_gateway(
 
     Depends on `database_url` so its gateways stop before that database is dropped.
     """
-    started: list[tuple[Gateway, GrpcServer]] = []
+    started: list[tuple[Gateway, list[GrpcServer]]] = []
 
-    async def make(*, nats_url: str, database_url: str, **overrides: Any) -> GatewayHarness:
+    async def make(
+        *,
+        nats_url: str,
+        database_url: str,
+        export_service: RulesExportService | None = None,
+        **overrides: Any,
+    ) -> GatewayHarness:
+        """`export_service`: served to the gateway; without it, no export service answers."""
         root = tmp_path / f"gw-{len(started)}"
         root.mkdir()
         # Replicas of one deployment share a key file: pass `signing_key_file`.
@@ -113,7 +184,15 @@ async def make_gateway(
             key_file.chmod(0o600)
         from visionmesh.common.auth import public_key_pem
 
-        training = await start_training_server(root, public_key_pem(key.public_key()))
+        assert isinstance(key, Ed25519PrivateKey)
+        public_pem = public_key_pem(key.public_key())
+        training = await start_training_server(root, public_pem)
+        peers = [training]
+        export_addr = dead_address()
+        if export_service is not None:
+            export = await start_export_server(root, public_pem, export_service)
+            peers.append(export)
+            export_addr = f"127.0.0.1:{export.port}"
         settings = GatewaySettings(
             **{
                 "grpc_port": 0,
@@ -126,6 +205,7 @@ async def make_gateway(
                 "s3_secret_key": S3_SECRET_KEY,
                 "s3_bucket": f"gw-{uuid.uuid4().hex[:16]}",
                 "training_addr": f"127.0.0.1:{training.port}",
+                "export_addr": export_addr,
                 "signing_key_file": key_file,
                 "outbox_poll_seconds": 0.2,
                 **overrides,  # e.g. training_addr of a training service that is down
@@ -133,7 +213,7 @@ async def make_gateway(
         )
         gateway = Gateway(settings)
         await gateway.start()
-        started.append((gateway, training))
+        started.append((gateway, peers))
         assert gateway.rest is not None
         return GatewayHarness(
             gateway=gateway,
@@ -144,9 +224,10 @@ async def make_gateway(
         )
 
     yield make
-    for gateway, training in reversed(started):
+    for gateway, peers in reversed(started):
         await gateway.stop()
-        await training.stop(0)
+        for peer in peers:
+            await peer.stop(0)
 
 
 @pytest_asyncio.fixture

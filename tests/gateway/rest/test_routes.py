@@ -9,6 +9,7 @@ from google.protobuf import descriptor_pool
 from google.protobuf.descriptor import ServiceDescriptor
 from hypothesis import given
 from hypothesis import strategies as st
+from visionmesh.api.export.v1 import export_pb2
 from visionmesh.api.gateway.v1 import auth_pb2, datasets_pb2, jobs_pb2, models_pb2
 from visionmesh.api.training.v1 import training_pb2
 from visionmesh.gateway.api.rest import (
@@ -20,7 +21,7 @@ from visionmesh.gateway.api.rest import (
 
 ALL_SERVICES: list[ServiceDescriptor] = [
     service
-    for module in (auth_pb2, datasets_pb2, jobs_pb2, models_pb2, training_pb2)
+    for module in (auth_pb2, datasets_pb2, jobs_pb2, models_pb2, training_pb2, export_pb2)
     for service in module.DESCRIPTOR.services_by_name.values()
 ]
 
@@ -60,6 +61,27 @@ def test_real_routes_never_collide_and_each_sample_path_reaches_only_its_route(
         assert endpoint is not None, route.template.text
         assert endpoint.route == route, (route.template.text, endpoint.route.template.text)
         assert values == ("x1",) * len(route.template.variables)
+
+
+@pytest.mark.parametrize(
+    "http_method, path, rpc, values",
+    [
+        ("GET", "/v1/exports/e-1", "ModelService.GetExport", ("e-1",)),
+        ("GET", "/v1/exports/e-1:download", "ModelService.GetExportDownloadUrl", ("e-1",)),
+        ("POST", "/v1/export/jobs", "JobService.CreateExportJob", ()),
+        ("GET", "/v1/export/capabilities", "ExportService.GetCapabilities", ()),
+    ],
+)
+def test_export_routes_reach_their_own_rpc(
+    authenticator, http_method: str, path: str, rpc: str, values: tuple[str, ...]
+) -> None:
+    from visionmesh.gateway.api.rest import RestTranscoder
+
+    app = RestTranscoder([(s, _AnyServicer()) for s in ALL_SERVICES], authenticator=authenticator)
+    endpoint, matched = app._match(http_method, path)
+    assert endpoint is not None
+    assert endpoint.route.method.full_name.split(".", 3)[-1] == rpc
+    assert matched == values
 
 
 class _AnyServicer:

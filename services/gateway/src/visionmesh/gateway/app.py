@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from datetime import timedelta
 from typing import Self
 
+from visionmesh.api.export.v1 import export_pb2, export_pb2_grpc
 from visionmesh.api.gateway.v1 import (
     auth_pb2,
     auth_pb2_grpc,
@@ -26,13 +27,13 @@ from visionmesh.common.auth import Principal, ServiceTokenSigner
 from visionmesh.common.db import Database, run_migrations
 from visionmesh.common.events import EventBus
 from visionmesh.common.logging import configure_logging, get_logger
-from visionmesh.common.rpc import GrpcClient, GrpcServer, connect
+from visionmesh.common.rpc import GrpcClient, GrpcServer, RetryPolicy, connect
 from visionmesh.common.settings import load_settings
 from visionmesh.common.storage import ObjectStore, ObjectStoreConfig
 from visionmesh.common.subjects import ensure_job_streams
 from visionmesh.common.supervision import mark_not_serving, until_signal_or_loop_exit
 from visionmesh.gateway.api.auth_servicer import AuthServicer
-from visionmesh.gateway.api.proxies import TrainingProxy
+from visionmesh.gateway.api.proxies import ExportProxy, TrainingProxy
 from visionmesh.gateway.api.rest import RestServer, RestTranscoder, serve_rest
 from visionmesh.gateway.api.servicers import DatasetServicer, JobServicer, ModelServicer
 from visionmesh.gateway.config import GatewaySettings
@@ -107,6 +108,16 @@ class Gateway:
             ),
         )
         self._training_stub = training_pb2_grpc.TrainingServiceStub(self.training.channel)
+        self.export: GrpcClient = connect(
+            settings.export_addr,
+            token_provider=ServiceTokens(
+                ServiceTokenSigner(private_key=signing_key), audience="export"
+            ),
+            # Job intake asks it first and falls back to the shared rules when it is down:
+            # one quick retry, not the default backoff (seconds per export job created).
+            retry=RetryPolicy(max_attempts=2, initial_backoff_seconds=0.05),
+        )
+        self.export_proxy = ExportProxy(export_pb2_grpc.ExportServiceStub(self.export.channel))
         presign_ttl = timedelta(seconds=settings.presign_ttl_seconds)
         self.datasets = DatasetsCore(
             db=self.db,
@@ -120,10 +131,11 @@ class Gateway:
             store=self.store,
             datasets=self.datasets,
             watchers=self.watchers,
+            validate_export_spec=self.export_proxy.validate,
             outbox_wakeup=self.relay.wakeup,
             presign_ttl=presign_ttl,
         )
-        self.registry = RegistryCore(db=self.db)
+        self.registry = RegistryCore(db=self.db, store=self.store, presign_ttl=presign_ttl)
         authenticator = self.auth.authenticator()
         services: list[tuple[object, object, object]] = [
             (auth_pb2, auth_pb2_grpc.add_AuthServiceServicer_to_server, AuthServicer(self.auth)),
@@ -142,6 +154,11 @@ class Gateway:
                 training_pb2,
                 training_pb2_grpc.add_TrainingServiceServicer_to_server,
                 TrainingProxy(self._training_stub),
+            ),
+            (
+                export_pb2,
+                export_pb2_grpc.add_ExportServiceServicer_to_server,
+                self.export_proxy,
             ),
         ]
         self.grpc = GrpcServer(settings=settings, authenticator=authenticator)
@@ -215,6 +232,7 @@ class Gateway:
                 await task
         await self.watchers.stop()
         await self.training.close()
+        await self.export.close()
         await self.bus.close()
         self.store.close()
         self.auth.close()

@@ -27,6 +27,11 @@ class GatewaySettings(NatsSettings, ObjectStoreSettings, ServiceSettings):
         default="", description="host:port clients use for presigned URLs; default s3_endpoint"
     )
     training_addr: str = Field(description="the training service's gRPC address (host:port)")
+    export_addr: str = Field(
+        default="127.0.0.1:50071",
+        description="the export service's gRPC address (host:port); while it does not answer, "
+        "export specs are checked by the shared rules, which accept ONNX only",
+    )
     signing_key_file: Path | None = Field(
         default=None,
         description="Ed25519 private key (PEM) signing access and service tokens; "

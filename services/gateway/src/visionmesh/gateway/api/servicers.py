@@ -30,6 +30,11 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
     ) -> jobs_pb2.CreateTrainingJobResponse:
         return jobs_pb2.CreateTrainingJobResponse(job=await self._core.create_training_job(request))
 
+    async def CreateExportJob(
+        self, request: jobs_pb2.CreateExportJobRequest, context: Any
+    ) -> jobs_pb2.CreateExportJobResponse:
+        return jobs_pb2.CreateExportJobResponse(job=await self._core.create_export_job(request))
+
     async def GetJob(
         self, request: jobs_pb2.GetJobRequest, context: Any
     ) -> jobs_pb2.GetJobResponse:
@@ -146,4 +151,17 @@ class ModelServicer(models_pb2_grpc.ModelServiceServicer):
     ) -> models_pb2.GetModelVersionResponse:
         return models_pb2.GetModelVersionResponse(
             model_version=await self._core.get_version(request.id)
+        )
+
+    async def GetExport(
+        self, request: models_pb2.GetExportRequest, context: Any
+    ) -> models_pb2.GetExportResponse:
+        return models_pb2.GetExportResponse(export=await self._core.get_export(request.id))
+
+    async def GetExportDownloadUrl(
+        self, request: models_pb2.GetExportDownloadUrlRequest, context: Any
+    ) -> models_pb2.GetExportDownloadUrlResponse:
+        url, expires_in, artifact = await self._core.export_download_url(request.id, request.file)
+        return models_pb2.GetExportDownloadUrlResponse(
+            url=url, expires_in=expires_in, artifact=artifact
         )

@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from google.protobuf import any_pb2, json_format, symbol_database
 from google.protobuf.timestamp_pb2 import Timestamp
 from visionmesh.api.common.v1 import artifact_pb2, job_pb2
+from visionmesh.api.export.v1 import export_pb2
 from visionmesh.api.gateway.v1 import datasets_pb2, models_pb2
 from visionmesh.gateway.db import models as db
 
@@ -119,7 +120,22 @@ def snapshot(row: db.Snapshot) -> datasets_pb2.Snapshot:
     )
 
 
-def model_version(row: db.ModelVersion, checkpoint: db.Artifact | None) -> models_pb2.ModelVersion:
+def export(row: db.Export) -> models_pb2.Export:
+    return models_pb2.Export(
+        id=row.id,
+        model_version_id=row.model_version_id,
+        job_id=row.job_id,
+        formats=row.formats or [],
+        result=export_pb2.ExportResult.FromString(row.result),
+        create_time=timestamp(row.created_at),
+    )
+
+
+def model_version(
+    row: db.ModelVersion,
+    checkpoint: db.Artifact | None,
+    exports: list[models_pb2.Export] | None = None,
+) -> models_pb2.ModelVersion:
     return models_pb2.ModelVersion(
         id=row.id,
         model_id=row.model_id,
@@ -134,6 +150,7 @@ def model_version(row: db.ModelVersion, checkpoint: db.Artifact | None) -> model
         metrics={k: float(v) for k, v in (row.metrics or {}).items()},
         checkpoint=artifact(checkpoint) if checkpoint is not None else None,
         create_time=timestamp(row.created_at),
+        exports=exports or [],
     )
 
 

@@ -9,8 +9,9 @@ from google.protobuf import json_format
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
-from visionmesh.api.common.v1 import artifact_pb2
+from visionmesh.api.common.v1 import artifact_pb2, job_pb2
 from visionmesh.api.events.v1 import events_pb2
+from visionmesh.api.export.v1 import export_pb2
 from visionmesh.api.gateway.v1 import jobs_pb2
 from visionmesh.common.db import Database
 from visionmesh.common.events import EventBus
@@ -53,6 +54,37 @@ def _owned_key(job: db.Job, key: str) -> bool:
     if not ok:
         _log.warning("artifact key outside the job's prefix refused", job_id=job.id, key=key)
     return ok
+
+
+def _export_files(result: export_pb2.ExportResult) -> list[artifact_pb2.ArtifactRef]:
+    """Every file an export result names (set ones only), in the result's field order."""
+    refs = [
+        result.onnx,
+        result.tensorrt,
+        result.metadata_file,
+        result.triton_repository_zip,
+        result.parity_report_file,
+    ]
+    for model in result.triton_models:
+        refs += [model.config, model.model]
+    return [ref for ref in refs if ref.key]
+
+
+def _owned_export(job: db.Job, result: export_pb2.ExportResult) -> bool:
+    """True when `result` is this export job's own: of the version it exports, with every
+    file (and the Triton repository) under the job's prefix (see `_owned_key`)."""
+    if job.kind != job_pb2.JOB_KIND_EXPORT or result.model_version_id != job.model_version_id:
+        _log.warning(
+            "export of another model version refused",
+            job_id=job.id,
+            model_version_id=result.model_version_id,
+        )
+        return False
+    keys = [ref.key for ref in _export_files(result)]
+    if result.triton_repository_prefix:
+        keys.append(result.triton_repository_prefix.rstrip("/"))
+    # Checks every key, so each refused one is logged.
+    return all([_owned_key(job, key) for key in keys])
 
 
 class JobEventApplier:
@@ -151,6 +183,12 @@ class JobEventApplier:
                 return None
             version = await self._register(session, job, event.model_trained, at)
             return jobs_pb2.WatchJobResponse(model_version_id=version.id)
+        if kind == "model_exported":
+            result = event.model_exported.result
+            if not _owned_export(job, result):
+                return None
+            export = await self._record_export(session, job, result, at)
+            return jobs_pb2.WatchJobResponse(export_id=export.id)
         _log.warning("event without payload dropped", job_id=job.id)
         return None
 
@@ -246,6 +284,41 @@ class JobEventApplier:
         job.model_version_id = version.id
         await session.flush()
         return version
+
+    async def _record_export(
+        self,
+        session: AsyncSession,
+        job: db.Job,
+        result: export_pb2.ExportResult,
+        at: datetime,
+    ) -> db.Export:
+        """The job's export, recorded once: a later attempt's result changes nothing."""
+        existing = await session.scalar(select(db.Export).where(db.Export.job_id == job.id))
+        if existing is not None:
+            return existing
+        stored = export_pb2.ExportResult()
+        stored.CopyFrom(result)
+        for ref in _export_files(stored):
+            # The stored refs are the artifacts table's, ids included, so a client can
+            # download any file of the export through GetArtifactDownloadUrl as well.
+            row = await self._upsert_artifact(session, job, ref, at)
+            ref.CopyFrom(convert.artifact(row))
+        export = db.Export(
+            id=db.new_id(),
+            tenant_id=job.tenant_id,
+            model_version_id=job.model_version_id,
+            job_id=job.id,
+            formats=[
+                name
+                for name, ref in (("onnx", stored.onnx), ("tensorrt", stored.tensorrt))
+                if ref.key
+            ],
+            result=stored.SerializeToString(),
+            created_at=at,
+        )
+        session.add(export)
+        await session.flush()
+        return export
 
 
 class JobEventConsumer:

@@ -13,11 +13,13 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from google.protobuf import json_format
+from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 from sqlalchemy import insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from visionmesh.api.common.v1 import artifact_pb2, job_pb2, metric_pb2
 from visionmesh.api.events.v1 import events_pb2
+from visionmesh.api.export.v1 import export_pb2
 from visionmesh.api.gateway.v1 import jobs_pb2
 from visionmesh.api.training.v1 import training_pb2
 from visionmesh.common.auth import Principal, require_principal
@@ -25,11 +27,12 @@ from visionmesh.common.db import Database
 from visionmesh.common.errors import FailedPrecondition, InvalidArgument, NotFound
 from visionmesh.common.events import EventBus
 from visionmesh.common.logging import get_logger
+from visionmesh.common.specs.export import UNCONFIRMED_CAPABILITIES, check_export_spec
 from visionmesh.common.specs.training import check_spec
 from visionmesh.common.storage import ObjectStore
 from visionmesh.common.subjects import job_control_subject, job_request_subject
 from visionmesh.gateway.core import convert, states
-from visionmesh.gateway.core.datasets import DatasetsCore
+from visionmesh.gateway.core.datasets import DatasetsCore, PinnedSnapshot
 from visionmesh.gateway.core.paging import newest_first, page_size, split_page
 from visionmesh.gateway.db import models as db
 
@@ -37,6 +40,10 @@ _log = get_logger(__name__)
 
 SpecValidator = Callable[[training_pb2.TrainingSpec, str], Awaitable[training_pb2.TrainingSpec]]
 """Checks a training spec against a dataset task and returns it with defaults filled in."""
+
+ExportSpecValidator = Callable[[export_pb2.ValidateSpecRequest], Awaitable[export_pb2.ExportSpec]]
+"""Checks an export spec for a model (framework, task, imgsz in the request) and returns it
+with defaults filled in; raises InvalidArgument / FailedPrecondition naming the fields."""
 
 _FALLBACK_POLL_SECONDS = 20.0
 _FEED_BUFFER = 1024
@@ -55,6 +62,52 @@ async def validate_training_spec_locally(
     defaults made explicit otherwise. Workers check again before they train.
     """
     return check_spec(spec, dataset_task=dataset_task)
+
+
+async def validate_export_spec_locally(
+    request: export_pb2.ValidateSpecRequest,
+) -> export_pb2.ExportSpec:
+    """The export rules without an export service: ONNX only, TensorRT never confirmed."""
+    return check_export_spec(
+        request.spec,
+        framework=request.model_framework,
+        task=request.model_task,
+        model_imgsz=request.model_imgsz,
+        capabilities=UNCONFIRMED_CAPABILITIES,
+    )
+
+
+def snapshot_ref(snapshot: PinnedSnapshot) -> events_pb2.SnapshotRef:
+    """What a worker needs of a snapshot to materialise its files."""
+    return events_pb2.SnapshotRef(
+        snapshot_id=snapshot.id,
+        manifest_key=snapshot.manifest_key,
+        manifest_sha256=snapshot.manifest_sha256,
+        archive_key=snapshot.archive_key,
+        task=_snapshot_task(snapshot),
+        class_names=snapshot.class_names,
+    )
+
+
+def _snapshot_task(snapshot: PinnedSnapshot) -> str:
+    return "classify" if snapshot.format == 2 else "detect"  # DATASET_FORMAT_CLASSIFY_FOLDERS
+
+
+@dataclass(frozen=True, slots=True)
+class _ModelVersion:
+    """What a job needs of a model version (to export it or start from it), detached from
+    any session."""
+
+    model_name: str
+    version: int
+    framework: str
+    task: str
+    architecture: str
+    class_names: tuple[str, ...]
+    imgsz: int
+    snapshot_id: str
+    checkpoint_key: str
+    checkpoint_sha256: str
 
 
 class _JobFeed:
@@ -408,6 +461,60 @@ def _resolve(future: asyncio.Future[None], error: BaseException | None) -> None:
         future.set_exception(error)
 
 
+def _new_job(
+    principal: Principal,
+    *,
+    kind: int,
+    spec: Message,
+    dataset_id: str = "",
+    snapshot_id: str = "",
+    model_name: str = "",
+    model_version_id: str = "",
+) -> db.Job:
+    """A PENDING job row of the caller's tenant running the validated `spec`."""
+    created = now()
+    return db.Job(
+        id=db.new_id(),
+        tenant_id=principal.tenant_id,
+        kind=kind,
+        state=states.PENDING,
+        spec_type=spec.DESCRIPTOR.full_name,
+        spec_json=json_format.MessageToJson(spec, indent=None),
+        dataset_id=dataset_id,
+        snapshot_id=snapshot_id,
+        model_name=model_name,
+        created_by=principal.subject,
+        created_at=created,
+        updated_at=created,
+        progress={},
+        metrics={},
+        error_reason="",
+        error_message="",
+        attempts=0,
+        last_event_sequence=0,
+        model_version_id=model_version_id,
+    )
+
+
+def _artifact_prefix(job: db.Job) -> str:
+    """Where the job's worker uploads; the applier refuses keys outside it."""
+    return f"jobs/{job.id}/"
+
+
+def _export_version_id(request: jobs_pb2.CreateExportJobRequest) -> str:
+    given, in_spec = request.model_version_id, request.spec.model_version_id
+    if given and in_spec and given != in_spec:
+        raise InvalidArgument.for_field(
+            "model_version_id",
+            f"disagrees with spec.model_version_id ({in_spec!r}); give it once",
+        )
+    if not (given or in_spec):
+        raise InvalidArgument.for_field(
+            "model_version_id", "required: the model version to export (or spec.model_version_id)"
+        )
+    return given or in_spec
+
+
 class JobsCore:
     """Creates and tracks jobs for the caller's tenant."""
 
@@ -419,6 +526,7 @@ class JobsCore:
         datasets: DatasetsCore,
         watchers: JobWatchers,
         validate_training_spec: SpecValidator | None = None,
+        validate_export_spec: ExportSpecValidator | None = None,
         outbox_wakeup: Callable[[], None] = lambda: None,
         presign_ttl: timedelta = timedelta(hours=1),
     ) -> None:
@@ -426,6 +534,7 @@ class JobsCore:
         self._store = store
         self._datasets = datasets
         self._validate_training_spec = validate_training_spec or validate_training_spec_locally
+        self._validate_export_spec = validate_export_spec or validate_export_spec_locally
         self._watchers = watchers
         if watchers.db is None:
             watchers.db = db
@@ -444,60 +553,86 @@ class JobsCore:
         snapshot = await self._datasets.snapshot_for_job(
             dataset_id=request.dataset_id, snapshot_id=request.snapshot_id
         )
-        task = "classify" if snapshot.format == 2 else "detect"  # DATASET_FORMAT_CLASSIFY_FOLDERS
+        task = _snapshot_task(snapshot)
         spec = await self._validate_training_spec(request.spec, task)
         init_checkpoint_key = ""
         if spec.init_model_version_id:
-            init_checkpoint_key = await self._checkpoint_key(principal, spec.init_model_version_id)
-        created = now()
-        job = db.Job(
-            id=db.new_id(),
-            tenant_id=principal.tenant_id,
+            init = await self._model_version(principal, spec.init_model_version_id)
+            init_checkpoint_key = init.checkpoint_key
+        job = _new_job(
+            principal,
             kind=job_pb2.JOB_KIND_TRAINING,
-            state=states.PENDING,
-            spec_type=spec.DESCRIPTOR.full_name,
-            spec_json=json_format.MessageToJson(spec, indent=None),
+            spec=spec,
             dataset_id=snapshot.dataset_id,
             snapshot_id=snapshot.id,
             model_name=request.model_name or f"{snapshot.dataset_name}-{spec.task}",
-            created_by=principal.subject,
-            created_at=created,
-            updated_at=created,
-            progress={},
-            metrics={},
-            error_reason="",
-            error_message="",
-            attempts=0,
-            last_event_sequence=0,
-            model_version_id="",
         )
-        work = events_pb2.JobRequest(
-            job_id=job.id,
-            tenant_id=job.tenant_id,
-            kind=job_pb2.JOB_KIND_TRAINING,
-            create_time=_ts(created),
-            training=events_pb2.TrainingJobRequest(
-                spec=spec,
-                snapshot=events_pb2.SnapshotRef(
-                    snapshot_id=snapshot.id,
-                    manifest_key=snapshot.manifest_key,
-                    manifest_sha256=snapshot.manifest_sha256,
-                    archive_key=snapshot.archive_key,
-                    task=task,
-                    class_names=snapshot.class_names,
-                ),
-                init_checkpoint_key=init_checkpoint_key,
-                artifact_prefix=f"jobs/{job.id}/",
-            ),
+        work = events_pb2.TrainingJobRequest(
+            spec=spec,
+            snapshot=snapshot_ref(snapshot),
+            init_checkpoint_key=init_checkpoint_key,
+            artifact_prefix=_artifact_prefix(job),
         )
+        return await self._queue(job, events_pb2.JobRequest(training=work))
+
+    async def create_export_job(self, request: jobs_pb2.CreateExportJobRequest) -> job_pb2.Job:
+        """Queues an export of a model version of the caller's tenant (see JobService)."""
+        principal = require_principal()
+        version_id = _export_version_id(request)
+        source = await self._model_version(principal, version_id)
+        asked = export_pb2.ExportSpec()
+        asked.CopyFrom(request.spec)
+        asked.model_version_id = version_id
+        spec = await self._validate_export_spec(
+            export_pb2.ValidateSpecRequest(
+                spec=asked,
+                model_framework=source.framework,
+                model_task=source.task,
+                model_imgsz=source.imgsz,
+            )
+        )
+        spec.model_version_id = version_id
+        snapshot = await self._training_snapshot(source.snapshot_id)
+        job = _new_job(
+            principal,
+            kind=job_pb2.JOB_KIND_EXPORT,
+            spec=spec,
+            dataset_id=snapshot.dataset_id if snapshot is not None else "",
+            snapshot_id=source.snapshot_id,
+            model_name=source.model_name,
+            model_version_id=version_id,
+        )
+        work = events_pb2.ExportJobRequest(
+            spec=spec,
+            checkpoint_key=source.checkpoint_key,
+            checkpoint_sha256=source.checkpoint_sha256,
+            model_name=source.model_name,
+            model_version=source.version,
+            framework=source.framework,
+            task=source.task,
+            architecture=source.architecture,
+            class_names=source.class_names,
+            artifact_prefix=_artifact_prefix(job),
+            snapshot=snapshot_ref(snapshot) if snapshot is not None else None,
+            imgsz=source.imgsz,
+        )
+        return await self._queue(job, events_pb2.JobRequest(export=work))
+
+    async def _queue(self, job: db.Job, request: events_pb2.JobRequest) -> job_pb2.Job:
+        """Stores the new `job` with its first event and its outbox `request` (the
+        kind-specific work already set) in one transaction, and wakes the relay."""
+        request.job_id = job.id
+        request.tenant_id = job.tenant_id
+        request.kind = job.kind  # type: ignore[assignment]
+        request.create_time.CopyFrom(_ts(job.created_at))
         event = next_event(job, source_key="gateway/created", event=state_event(states.PENDING))
         outbox = {
-            "subject": job_request_subject(job_pb2.JOB_KIND_TRAINING),
+            "subject": job_request_subject(job.kind),  # type: ignore[arg-type]
             "job_id": job.id,
             "msg_id": job.id,
-            "payload_type": work.DESCRIPTOR.full_name,
-            "payload": work.SerializeToString(),
-            "created_at": created,
+            "payload_type": request.DESCRIPTOR.full_name,
+            "payload": request.SerializeToString(),
+            "created_at": job.created_at,
             "published_at": None,
             "attempts": 0,
             "last_error": "",
@@ -507,15 +642,38 @@ class JobsCore:
         self._outbox_wakeup()
         return message
 
-    async def _checkpoint_key(self, principal: Principal, model_version_id: str) -> str:
+    async def _model_version(self, principal: Principal, model_version_id: str) -> _ModelVersion:
+        """The tenant's model version with its checkpoint; NOT_FOUND, or FAILED_PRECONDITION
+        without a checkpoint."""
         async with self._db.session() as session:
             version = await session.get(db.ModelVersion, model_version_id)
             if version is None or version.tenant_id != principal.tenant_id:
                 raise NotFound(resource_type="ModelVersion", resource_id=model_version_id)
-            artifact = await session.get(db.Artifact, version.checkpoint_artifact_id)
-            if artifact is None:
+            checkpoint = await session.get(db.Artifact, version.checkpoint_artifact_id)
+            if checkpoint is None:
                 raise FailedPrecondition(f"model version {model_version_id} has no checkpoint")
-            return artifact.key
+            model = await session.get(db.Model, version.model_id)
+            return _ModelVersion(
+                model_name=model.name if model is not None else "",
+                version=version.version,
+                framework=version.framework,
+                task=version.task,
+                architecture=version.architecture,
+                class_names=tuple(version.class_names or ()),
+                imgsz=version.imgsz,
+                snapshot_id=version.snapshot_id,
+                checkpoint_key=checkpoint.key,
+                checkpoint_sha256=checkpoint.sha256,
+            )
+
+    async def _training_snapshot(self, snapshot_id: str) -> PinnedSnapshot | None:
+        """The snapshot a model version was trained on, while it still exists."""
+        if not snapshot_id:
+            return None
+        try:
+            return await self._datasets.snapshot_for_job(snapshot_id=snapshot_id)
+        except NotFound:
+            return None
 
     # -- queries ----------------------------------------------------------------------
 

@@ -1,23 +1,47 @@
-"""The model registry: models and their versions (registered from job events)."""
+"""The model registry: models, their versions (registered from job events) and their exports."""
 
 from __future__ import annotations
 
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from datetime import timedelta
+
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
+from visionmesh.api.common.v1 import artifact_pb2
 from visionmesh.api.gateway.v1 import models_pb2
 from visionmesh.common.auth import require_principal
 from visionmesh.common.db import Database
-from visionmesh.common.errors import NotFound
+from visionmesh.common.errors import InvalidArgument, NotFound
+from visionmesh.common.storage import ObjectStore
 from visionmesh.gateway.core import convert
 from visionmesh.gateway.core.paging import newest_first, page_size, split_page
 from visionmesh.gateway.db import models as db
+
+EXPORT_FILES: Mapping[str, str] = {
+    "package": "triton_repository_zip",
+    "onnx": "onnx",
+    "metadata": "metadata_file",
+    "tensorrt": "tensorrt",
+    "parity_report": "parity_report_file",
+}
+"""GetExportDownloadUrlRequest.file -> the ExportResult field naming that file."""
+DEFAULT_EXPORT_FILE = "package"
 
 
 class RegistryCore:
     """Read side of the registry for the caller's tenant."""
 
-    def __init__(self, *, db: Database) -> None:
+    def __init__(
+        self,
+        *,
+        db: Database,
+        store: ObjectStore,
+        presign_ttl: timedelta = timedelta(hours=1),
+    ) -> None:
         self._db = db
+        self._store = store
+        self._presign_ttl = presign_ttl
 
     async def list_models(self, *, size: int, token: str) -> tuple[list[models_pb2.Model], str]:
         principal = require_principal()
@@ -46,7 +70,7 @@ class RegistryCore:
                     .order_by(db.ModelVersion.version.desc())
                 )
             ).all()
-            return convert.model(row, [await _version(session, v) for v in versions])
+            return convert.model(row, await _versions(session, versions))
 
     async def get_version(self, version_id: str) -> models_pb2.ModelVersion:
         principal = require_principal()
@@ -54,9 +78,64 @@ class RegistryCore:
             row = await session.get(db.ModelVersion, version_id)
             if row is None or row.tenant_id != principal.tenant_id:
                 raise NotFound(resource_type="ModelVersion", resource_id=version_id)
-            return await _version(session, row)
+            (version,) = await _versions(session, [row])
+            return version
+
+    async def _export_row(self, session: AsyncSession, export_id: str) -> db.Export:
+        principal = require_principal()
+        row = await session.get(db.Export, export_id)
+        if row is None or row.tenant_id != principal.tenant_id:
+            raise NotFound(resource_type="Export", resource_id=export_id)
+        return row
+
+    async def get_export(self, export_id: str) -> models_pb2.Export:
+        async with self._db.session() as session:
+            return convert.export(await self._export_row(session, export_id))
+
+    async def export_download_url(
+        self, export_id: str, file: str = ""
+    ) -> tuple[str, int, artifact_pb2.ArtifactRef]:
+        """A presigned URL of one file of the export (`file` as in EXPORT_FILES; default
+        the package), its lifetime in seconds and the file's artifact."""
+        file = file or DEFAULT_EXPORT_FILE
+        if file not in EXPORT_FILES:
+            raise InvalidArgument.for_field("file", f"one of {', '.join(EXPORT_FILES)}")
+        async with self._db.session() as session:
+            row = await self._export_row(session, export_id)
+            result = convert.export(row).result
+            ref: artifact_pb2.ArtifactRef = getattr(result, EXPORT_FILES[file])
+            if not ref.key:
+                raise NotFound(
+                    f"export {export_id} has no {file} file",
+                    resource_type="ExportFile",
+                    resource_id=f"{export_id}/{file}",
+                )
+            artifact = await session.scalar(
+                select(db.Artifact).where(
+                    db.Artifact.job_id == row.job_id, db.Artifact.key == ref.key
+                )
+            )
+            if artifact is not None:
+                ref = convert.artifact(artifact)
+        url = await self._store.presigned_get(ref.key, expires=self._presign_ttl)
+        return url, int(self._presign_ttl.total_seconds()), ref
 
 
-async def _version(session: AsyncSession, row: db.ModelVersion) -> models_pb2.ModelVersion:
-    checkpoint = await session.get(db.Artifact, row.checkpoint_artifact_id)
-    return convert.model_version(row, checkpoint)
+async def _versions(
+    session: AsyncSession, rows: Sequence[db.ModelVersion]
+) -> list[models_pb2.ModelVersion]:
+    """The versions as messages with their checkpoints and exports (newest first)."""
+    exports: dict[str, list[models_pb2.Export]] = defaultdict(list)
+    if rows:
+        export_rows = await session.scalars(
+            select(db.Export)
+            .where(db.Export.model_version_id.in_([row.id for row in rows]))
+            .order_by(db.Export.created_at.desc(), db.Export.id.desc())
+        )
+        for export in export_rows:
+            exports[export.model_version_id].append(convert.export(export))
+    versions = []
+    for row in rows:
+        checkpoint = await session.get(db.Artifact, row.checkpoint_artifact_id)
+        versions.append(convert.model_version(row, checkpoint, exports[row.id]))
+    return versions

@@ -236,6 +236,23 @@ class ModelVersion(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+class Export(Base):
+    """A finished export job's package, recorded on the model version it exported."""
+
+    __tablename__ = "exports"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"), index=True)
+    model_version_id: Mapped[str] = mapped_column(ForeignKey("model_versions.id"), index=True)
+    # Unique: a redelivered or repeated "model exported" event never records a second export.
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id"), unique=True)
+    formats: Mapped[list[str]] = mapped_column(JSON, default=list)
+    # Serialized visionmesh.export.v1.ExportResult, its ArtifactRefs those of the artifacts
+    # table (with their ids).
+    result: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
 class OutboxMessage(Base):
     """A message to publish, committed in the same transaction as the change it announces."""
 
