@@ -276,3 +276,65 @@ def test_a_checkpoint_that_is_not_what_the_registry_says_is_refused(
         load_source(
             detect_checkpoint, framework="torchvision", task="classify", class_names=(), imgsz=IMGSZ
         )
+
+
+@pytest.mark.timeout(400)
+def test_the_packaged_repository_serves_detections_equal_to_the_parity_reference(
+    tmp_path: Path, detect_checkpoint: Path, triton_server: Any
+) -> None:
+    """The package a job uploads, loaded into a real Triton server over its repository API."""
+    import shutil
+
+    import cv2
+    import tritonclient.grpc as grpcclient
+    from visionmesh.common.vision import detections, preprocess
+    from visionmesh.export.core.metadata import metadata_dict
+    from visionmesh.export.core.parity import match_boxes
+    from visionmesh.export.core.triton import use_python_standin
+
+    spec = export_pb2.ExportSpec(
+        dynamic_batch=True, max_batch_size=4, nms_settings=export_pb2.NmsSettings(conf=0.4)
+    )
+    package = _export(
+        tmp_path / "work", detect_checkpoint, _target(spec, "ultralytics", "detect", ())
+    )
+    repository = tmp_path / "repository"
+    shutil.copytree(package.path("triton"), repository)
+    env = str(triton_server.env_path)
+    # Triton here has no ONNX Runtime backend: the model runs on the Python stand-in, and
+    # the Python models get the server's numpy<2 environment (a deployment's own setting).
+    use_python_standin(repository, "shapes-v3", execution_env_path=env)
+    for step in ("preprocess", "postprocess"):
+        config = repository / f"shapes-v3-{step}" / "config.pbtxt"
+        config.write_text(
+            config.read_text()
+            + f'\nparameters {{ key: "EXECUTION_ENV_PATH" value {{ string_value: "{env}" }} }}\n'
+        )
+    triton_server.add_repository(repository)
+    triton_server.load_model("shapes-v3-ensemble")
+
+    images = synthetic_images(3, seed=7).images
+    encoded = [cv2.imencode(".png", image[..., ::-1])[1].tobytes() for image in images]
+    batch = np.array([[data] for data in encoded], dtype=np.object_)
+    image_input = grpcclient.InferInput("IMAGE", list(batch.shape), "BYTES")
+    image_input.set_data_from_numpy(batch)
+    client = triton_server.client()
+    try:
+        result = client.infer("shapes-v3-ensemble", [image_input])
+    finally:
+        client.close()
+    counts = result.as_numpy("NUM_DETECTIONS").reshape(-1)
+    served = [result.as_numpy("DETECTIONS")[i, :n] for i, n in enumerate(counts)]
+
+    meta = metadata_dict(package.metadata)
+    source = load_source(
+        detect_checkpoint, framework="ultralytics", task="detect", class_names=(), imgsz=IMGSZ
+    )
+    x, transforms = preprocess(images, meta)
+    reference = detections(
+        [t.numpy() for t in source.forward(torch.from_numpy(x))], transforms, meta
+    )
+    assert sum(len(r) for r in reference) > 5
+    for want, got in zip(reference, served, strict=True):
+        pairs, missing, extra = match_boxes(want, got)
+        assert not missing and not extra and len(pairs) == len(want)
