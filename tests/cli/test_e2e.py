@@ -24,6 +24,7 @@ from visionmesh.common.events import EventBus
 
 from tests.gateway.conftest import GatewayHarness
 from tests.gateway.helpers import ScriptedWorker, detect_zip, upload_dataset, wait_for
+from tests.gateway.test_export_jobs import export_result, register_version, tenant_of, upload_files
 
 # One backend keeps the suite quick; the gateway's own tests cover PostgreSQL.
 pytestmark = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
@@ -301,3 +302,45 @@ async def test_watch_exits_1_with_the_reason_when_the_job_fails(
     assert result.exit_code == 1, result.output
     assert "TRAINING_ERROR: CUDA out of memory" in result.stderr
     assert f"Job {job['id']} FAILED" in result.stdout
+
+
+async def test_export_a_model_version_watch_it_then_download_the_package(
+    cli: Cli, harness: GatewayHarness, bus: EventBus, token: str, tmp_path: Path
+) -> None:
+    async with harness.http(token) as client:
+        version_id = await register_version(harness, await tenant_of(client))
+    # No export service answers this gateway: TensorRT cannot be confirmed.
+    refused = await cli("export", version_id, "--format", "tensorrt")
+    assert refused.exit_code == 1, refused.output
+    assert "FAILED_PRECONDITION" in refused.stderr and "spec.formats:" in refused.stderr
+
+    created = json.loads(ok(await cli("export", version_id, "--opset", "13", "--json")).stdout)
+    job = created["job"]
+    assert job["spec"]["opset"] == 13 and job["spec"]["formats"] == ["onnx"]
+    watching = cli.start("jobs", "watch", job["id"])
+    await asyncio.sleep(0.3)
+    result = export_result(job["id"], version_id)
+    await upload_files(harness, result)
+    worker = ScriptedWorker(bus, job_id=job["id"], tenant_id=job["tenantId"])
+    await worker.state(job_pb2.JOB_STATE_RUNNING)
+    await worker.emit(model_exported=events_pb2.ModelExported(result=result))
+    await worker.state(job_pb2.JOB_STATE_SUCCEEDED)
+    watched = await asyncio.wait_for(watching, timeout=30)
+    assert watched.exit_code == 0, watched.output
+    found = re.search(r"recorded export ([0-9a-f-]{36})", watched.stdout)
+    assert found, watched.stdout
+    export_id = found.group(1)
+    assert f"Export: {export_id}" in watched.stdout
+
+    shown = ok(await cli("exports", "get", export_id)).stdout
+    assert version_id in shown and "triton.zip" in shown and "passed on 4 images" in shown
+    package = ok(await cli("exports", "download", export_id, "-o", f"{tmp_path}/dl/"))
+    zipped = result.triton_repository_zip
+    assert (tmp_path / "dl" / "triton.zip").read_bytes() == zipped.key.encode()
+    assert f"sha256 verified: {zipped.sha256}" in package.stdout
+    ok(
+        await cli(
+            "exports", "download", export_id, "--file", "onnx", "-o", str(tmp_path / "m.onnx")
+        )
+    )
+    assert (tmp_path / "m.onnx").read_bytes() == result.onnx.key.encode()

@@ -137,12 +137,13 @@ def export_result(
     prefix = f"jobs/{job_id}/"
 
     def ref(name: str, kind: str) -> artifact_pb2.ArtifactRef:
+        key = prefix + name  # also the file's content (see upload_files)
         return artifact_pb2.ArtifactRef(
             name=name.rsplit("/", 1)[-1],
             kind=kind,
-            key=prefix + name,
-            size_bytes=len(name),
-            sha256=hashlib.sha256(name.encode()).hexdigest(),
+            key=key,
+            size_bytes=len(key),
+            sha256=hashlib.sha256(key.encode()).hexdigest(),
         )
 
     formats = ["onnx", "tensorrt"] if tensorrt else ["onnx"]

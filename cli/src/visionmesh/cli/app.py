@@ -1,7 +1,7 @@
 """The `visionmesh` command line: a thin client of the gateway's REST API.
 
 The root command and its options live here; each command group is a module of
-`visionmesh.cli.commands` (auth, datasets, train, jobs, artifacts, models).
+`visionmesh.cli.commands` (auth, datasets, train, jobs, artifacts, models, exports).
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
-from visionmesh.cli.commands import artifacts, auth, datasets, jobs, models, train
+from visionmesh.cli.commands import artifacts, auth, datasets, exports, jobs, models, train
 from visionmesh.cli.config import CredentialsStore, config_dir, resolve_gateway
 from visionmesh.cli.runtime import CliGroup, Hooks, Runtime
 
@@ -18,11 +18,11 @@ __all__ = ["Hooks", "Runtime", "app", "main"]
 app = typer.Typer(
     name="visionmesh",
     cls=CliGroup,
-    help="visionmesh: datasets, training jobs and models, from the command line.",
+    help="visionmesh: datasets, training and export jobs, and models, from the command line.",
     no_args_is_help=True,
     add_completion=False,
 )
-for _group in (auth, datasets, train, jobs, artifacts, models):
+for _group in (auth, datasets, train, jobs, artifacts, models, exports):
     _group.register(app)
 
 

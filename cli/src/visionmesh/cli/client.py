@@ -105,6 +105,15 @@ class ApiError(ClientError):
                         description=str(violation.get("description", "")),
                     )
                 )
+            # FAILED_PRECONDITION names the fields a deployment cannot honour this way.
+            if str(detail.get("@type", "")).endswith("google.rpc.PreconditionFailure"):
+                for violation in detail.get("violations") or ():
+                    violations.append(
+                        FieldViolation(
+                            field=str(violation.get("subject", "")),
+                            description=str(violation.get("description", "")),
+                        )
+                    )
             if str(detail.get("@type", "")).endswith("google.rpc.ErrorInfo") and not reason:
                 reason = str(detail.get("reason", ""))
         code = body.get("code")
@@ -370,6 +379,9 @@ class GatewayClient:
     def create_training_job(self, body: Mapping[str, Any]) -> JsonObject:
         return self._request("POST", "/v1/training/jobs", json_body=dict(body))
 
+    def create_export_job(self, body: Mapping[str, Any]) -> JsonObject:
+        return self._request("POST", "/v1/export/jobs", json_body=dict(body))
+
     def list_jobs(
         self, *, kind: str = "", state: str = "", limit: int | None = None
     ) -> Iterator[JsonObject]:
@@ -509,6 +521,15 @@ class GatewayClient:
 
     def get_model(self, model_id: str) -> JsonObject:
         return self._request("GET", f"/v1/models/{_seg(model_id)}")
+
+    def get_export(self, export_id: str) -> JsonObject:
+        return self._request("GET", f"/v1/exports/{_seg(export_id)}")
+
+    def export_download_url(self, export_id: str, *, file: str = "") -> JsonObject:
+        """A presigned URL of the export's package, or of one `file` of it."""
+        return self._request(
+            "GET", f"/v1/exports/{_seg(export_id)}:download", params={"file": file}
+        )
 
 
 def _seg(value: str) -> str:

@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.markup import escape
-from visionmesh.cli.client import IntegrityError
+from visionmesh.cli.client import GatewayClient, IntegrityError
 from visionmesh.cli.commands.datasets import transfer_progress
 from visionmesh.cli.render import human_bytes, table, timestamp, to_int
 from visionmesh.cli.runtime import JsonOption, Runtime, fail, respond, runtime
 
-__all__ = ["register"]
+__all__ = ["register", "save_download"]
 
 artifacts_app = typer.Typer(help="Files produced by jobs.", no_args_is_help=True)
 
@@ -77,30 +78,44 @@ def download(
     rt = runtime(ctx)
     with rt.client() as client:
         response = client.artifact_download_url(artifact_id)
-        artifact = response.get("artifact") or {}
-        dest = _destination(output, str(artifact.get("name") or artifact_id))
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        expected = str(artifact.get("sha256") or "")
-        size = to_int(artifact.get("sizeBytes")) or None
-        with transfer_progress(rt.err) as progress:
-            task = progress.add_task(f"Downloading {escape(dest.name)}", total=size)
+        save_download(rt, client, response, output, default_name=artifact_id)
 
-            def started(length: int | None) -> None:
-                if length is not None:
-                    progress.update(task, total=length)
 
-            try:
-                digest = client.download(
-                    str(response["url"]),
-                    dest,
-                    expected_sha256=expected,
-                    on_start=started,
-                    on_progress=lambda n: progress.advance(task, n),
-                )
-            except IntegrityError as exc:
-                progress.stop()
-                fail(rt, escape(exc.message))
+def save_download(
+    rt: Runtime,
+    client: GatewayClient,
+    response: Mapping[str, Any],
+    output: str | None,
+    *,
+    default_name: str,
+) -> Path:
+    """Fetches a `{url, artifact}` download answer into `output` (see `_destination`) with
+    a progress bar, verifying the artifact's SHA-256 when the server recorded one."""
+    artifact = response.get("artifact") or {}
+    dest = _destination(output, str(artifact.get("name") or default_name))
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    expected = str(artifact.get("sha256") or "")
+    size = to_int(artifact.get("sizeBytes")) or None
+    with transfer_progress(rt.err) as progress:
+        task = progress.add_task(f"Downloading {escape(dest.name)}", total=size)
+
+        def started(length: int | None) -> None:
+            if length is not None:
+                progress.update(task, total=length)
+
+        try:
+            digest = client.download(
+                str(response["url"]),
+                dest,
+                expected_sha256=expected,
+                on_start=started,
+                on_progress=lambda n: progress.advance(task, n),
+            )
+        except IntegrityError as exc:
+            progress.stop()
+            fail(rt, escape(exc.message))
     check = "verified" if expected else "not recorded by the server; computed"
     rt.out.print(
         f"Saved {escape(str(dest))} ({human_bytes(dest.stat().st_size)}); sha256 {check}: {digest}"
     )
+    return dest

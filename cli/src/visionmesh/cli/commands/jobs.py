@@ -116,12 +116,26 @@ def list_(
     respond(ctx, call, json_out=json_out, show=_show_list, as_json=lambda jobs: {"jobs": jobs})
 
 
+# Spec fields `jobs show` prints: a training spec's and an export spec's main ones.
+_SPEC_SUMMARY: Final = (
+    "framework",
+    "task",
+    "model",
+    "epochs",
+    "formats",
+    "opset",
+    "imgsz",
+    "batch",
+    "device",
+)
+
+
 def _show_job(rt: Runtime, job: Mapping[str, Any]) -> None:
     spec = job.get("spec") or {}
     spec_text = ", ".join(
-        f"{key}={spec[key]}"
-        for key in ("framework", "task", "model", "epochs", "imgsz", "batch", "device")
-        if spec.get(key) not in (None, "")
+        f"{key}={'+'.join(map(str, spec[key])) if isinstance(spec[key], list) else spec[key]}"
+        for key in _SPEC_SUMMARY
+        if spec.get(key) not in (None, "", [])
     )
     rows = [
         ("id", str(job.get("id", "-"))),
@@ -266,6 +280,8 @@ class _WatchView:
             )
         elif "modelVersionId" in event:
             self._line(event, f"registered model version [bold]{event['modelVersionId']}[/]")
+        elif "exportId" in event:
+            self._line(event, f"recorded export [bold]{event['exportId']}[/]")
         elif job.get("progress"):
             self._progress(job["progress"])
 
@@ -319,6 +335,7 @@ def watch_job(rt: Runtime, client: GatewayClient, job_id: str, *, json_out: bool
         )
 
     last_job: Mapping[str, Any] = {}
+    export_id = ""
     try:
         if json_out:
             for event in client.watch_job(job_id, on_reconnect=reconnecting):
@@ -330,6 +347,7 @@ def watch_job(rt: Runtime, client: GatewayClient, job_id: str, *, json_out: bool
                 for event in client.watch_job(job_id, on_reconnect=reconnecting):
                     view.handle(event)
                     last_job = event.get("job") or last_job
+                    export_id = str(event.get("exportId") or export_id)
                 final = client.get_job(job_id).get("job") or last_job
                 view.finish(str(final.get("state", "")))
             last_job = final
@@ -348,11 +366,11 @@ def watch_job(rt: Runtime, client: GatewayClient, job_id: str, *, json_out: bool
             return EXIT_FAILED
         fail(rt, f"the event stream ended but job {job_id} is {short(state, 'JOB_STATE_')}")
     if not json_out:
-        _summary(rt, last_job)
+        _summary(rt, last_job, export_id=export_id)
     return code
 
 
-def _summary(rt: Runtime, job: Mapping[str, Any]) -> None:
+def _summary(rt: Runtime, job: Mapping[str, Any], *, export_id: str = "") -> None:
     state = str(job.get("state", ""))
     elapsed = ""
     try:
@@ -365,7 +383,12 @@ def _summary(rt: Runtime, job: Mapping[str, Any]) -> None:
     if state == "JOB_STATE_SUCCEEDED":
         if job.get("metrics"):
             line += f"  {metrics_text(job.get('metrics'))}"
-        if job.get("modelVersionId"):
+        if export_id:
+            line += (
+                f"\nExport: {export_id} (download it with "
+                f"`visionmesh exports download {export_id} -o PATH`)"
+            )
+        elif job.get("modelVersionId"):
             line += f"\nModel version: {job['modelVersionId']}"
         rt.out.print(line)
     elif state == "JOB_STATE_FAILED":
