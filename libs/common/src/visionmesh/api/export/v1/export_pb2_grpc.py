@@ -62,7 +62,9 @@ class ExportServiceServicer:
     def GetCapabilities(self, request, context):
         """Reports the export formats (with whether this deployment can produce them and why
         not), the ONNX opsets and the devices of this worker. ONNX is always available;
-        TensorRT only where a GPU and the TensorRT library are present.
+        TensorRT only where a GPU and the TensorRT library are present. Through the gateway,
+        while no export service answers: the shared rules' assumption (ONNX on the CPU,
+        TensorRT unavailable as unconfirmed).
         Errors: UNAVAILABLE while the service starts.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -77,7 +79,8 @@ class ExportServiceServicer:
         exporter cannot handle); FAILED_PRECONDITION naming the field when this deployment
         cannot do what the spec asks ("spec.formats" for TensorRT without a GPU and the
         TensorRT library, "spec.half" likewise, "spec.device" not a device of this worker),
-        with the reason GetCapabilities reports.
+        with the reason GetCapabilities reports. Through the gateway, while no export service
+        answers, the same rules check the spec against those assumed capabilities.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
