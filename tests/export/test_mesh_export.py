@@ -34,6 +34,8 @@ TRAIN_SPEC = {
     "batch": 8,
     "seed": 0,
 }
+# A model trained for two epochs on 16 images is unsure of everything.
+CONF = 0.001
 TERMINAL = {"JOB_STATE_SUCCEEDED", "JOB_STATE_FAILED", "JOB_STATE_CANCELLED"}
 
 
@@ -167,7 +169,7 @@ async def test_a_trained_model_exports_verified_and_its_onnx_predicts_as_the_pt(
             str(onnx_path),
             str(images),
             "64",
-            "0.01",
+            str(CONF),
         ],
         capture_output=True,
         text=True,
@@ -178,16 +180,24 @@ async def test_a_trained_model_exports_verified_and_its_onnx_predicts_as_the_pt(
     reference = json.loads(run.stdout.strip().splitlines()[-1])
     compared = 0
     for name, pt_boxes in reference["pt"].items():
-        onnx_boxes = reference["onnx"][name]
-        assert len(onnx_boxes) == len(pt_boxes), name
-        for want, got in zip(
-            sorted(pt_boxes, key=lambda b: -b[4]),
-            sorted(onnx_boxes, key=lambda b: -b[4]),
-            strict=True,
-        ):
-            assert _iou(want, got) >= 0.99 and want[5] == got[5]
-            assert abs(want[4] - got[4]) <= 1e-3
-            compared += 1
+        free = list(reference["onnx"][name])
+        for want in sorted(pt_boxes, key=lambda b: -b[4]):
+            match = next(
+                (
+                    got
+                    for got in free
+                    if got[5] == want[5]
+                    and _iou(want, got) >= 0.99
+                    and abs(want[4] - got[4]) <= 1e-3
+                ),
+                None,
+            )
+            # Only a box on the confidence threshold may fall on either side of it.
+            assert match is not None or abs(want[4] - CONF) <= 1e-3, (name, want)
+            if match is not None:
+                free.remove(match)
+                compared += 1
+        assert all(abs(got[4] - CONF) <= 1e-3 for got in free), (name, free)
     assert compared > 0, "the trained model detected nothing to compare"
 
 
