@@ -241,6 +241,12 @@ def test_nms_is_for_detectors(task: str) -> None:
     assert set(invalid(export_pb2.ExportSpec(nms=True), task=task)) == {"spec.nms"}
 
 
+def test_nms_is_not_combined_with_tensorrt_yet() -> None:
+    spec = export_pb2.ExportSpec(nms=True, formats=["tensorrt"])
+    assert "not combined with the tensorrt" in invalid(spec, capabilities=GPU)["spec.nms"]
+    assert check(export_pb2.ExportSpec(nms=True), capabilities=GPU).nms
+
+
 @pytest.mark.parametrize("softmax", [True, False])
 @pytest.mark.parametrize("task", ["detect", "segment"])
 def test_softmax_is_for_classifiers(task: str, softmax: bool) -> None:

@@ -318,6 +318,10 @@ def check_export_spec(
 
     if spec.nms and task and task != "detect":
         problems.bad("spec.nms", f"in-graph NMS is for detect models; this is a {task} model")
+    if spec.nms and tensorrt:
+        # The engine would carry TensorRT's NMS plugin, not yet verified against the
+        # reference NMS on a GPU: refused here rather than failed after queueing.
+        problems.bad("spec.nms", "in-graph NMS is not combined with the tensorrt format yet")
     if task == "classify":
         out.softmax = spec.softmax if spec.HasField("softmax") else True
     elif task and spec.HasField("softmax"):
