@@ -4,7 +4,7 @@ Each `uv run visionmesh ...` line of the section's code block runs as a new user
 it: the installed `visionmesh` entry point (what `uv run` starts) in a fresh directory, with
 a fresh home, passwords typed on standard input. `make up` is the Stack this test starts
 (the same one, on free ports: the CLI is pointed at it with VISIONMESH_GATEWAY). A `<...>`
-placeholder takes the id the previous command printed.
+placeholder takes the id an earlier command printed (see `fill_placeholders`).
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import os
 import re
 import shlex
 import sys
+import zipfile
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,21 +43,37 @@ def try_it_commands(readme: str) -> list[str]:
     ]
 
 
-def fill_placeholders(argv: list[str], previous_output: str) -> list[str]:
-    """`<dataset-id>`, `<job-id>`, `<artifact-id>` -> an id the previous command printed:
-    the one on the line naming the `-o` file when there is one (a listing), else the first."""
+def fill_placeholders(argv: list[str], outputs: list[str]) -> list[str]:
+    """`<dataset-id>`, `<job-id>`, `<model-version-id>`, ... -> an id an earlier command printed.
+
+    `outputs` are the earlier commands' outputs, oldest first. A `-o FILE` command takes the
+    id on the line naming the file in the previous output (a listing). Otherwise the newest
+    output naming the placeholder's noun right before an id ("model version: <id>",
+    "recorded export <id>") gives it; failing that, the previous output's first id.
+    """
+    previous_output = outputs[-1] if outputs else ""
     output = argv[argv.index("-o") + 1] if "-o" in argv else None
     lines = previous_output.splitlines()
-    if output is not None:
-        lines = [line for line in lines if Path(output).name in line] or lines
-    ids = [match for line in lines for match in _UUID.findall(line)]
+    listed = [line for line in lines if output is not None and Path(output).name in line]
+    ids = [match for line in listed or lines for match in _UUID.findall(line)]
     filled = []
     for arg in argv:
         if _PLACEHOLDER.fullmatch(arg):
-            assert ids, f"no id for {arg} in the previous output:\n{previous_output}"
-            arg = ids[0]
+            named = None if listed else _named_id(arg, outputs)
+            assert named or ids, f"no id for {arg} in the previous output:\n{previous_output}"
+            arg = named or ids[0]
         filled.append(arg)
     return filled
+
+
+def _named_id(placeholder: str, outputs: list[str]) -> str | None:
+    noun = placeholder.strip("<>").removesuffix("-id").replace("-", " ")
+    pattern = re.compile(rf"{re.escape(noun)}\W{{0,3}}({_UUID.pattern})", re.IGNORECASE)
+    for text in reversed(outputs):
+        found = pattern.findall(text)
+        if found:
+            return str(found[-1])
+    return None
 
 
 def test_placeholders_take_ids_from_the_previous_output() -> None:
@@ -65,14 +82,21 @@ def test_placeholders_take_ids_from_the_previous_output() -> None:
         "11111111-1111-1111-1111-111111111111  last.pt   checkpoint\n"
         "22222222-2222-2222-2222-222222222222  best.pt   checkpoint\n"
     )
-    assert fill_placeholders(["download", "<artifact-id>", "-o", "best.pt"], listing)[1] == (
+    assert fill_placeholders(["download", "<artifact-id>", "-o", "best.pt"], [listing])[1] == (
         "22222222-2222-2222-2222-222222222222"
     )
     created = "Created training job 33333333-3333-3333-3333-333333333333 (PENDING) ... snapshot 4"
-    assert fill_placeholders(["list", "<job-id>"], created) == [
+    assert fill_placeholders(["list", "<job-id>"], [created]) == [
         "list",
         "33333333-3333-3333-3333-333333333333",
     ]
+    trained = "Job 55555555-5555-5555-5555-555555555555 SUCCEEDED\nModel version: " + (
+        "66666666-6666-6666-6666-666666666666"
+    )
+    # The noun before an id wins, however many commands ago it was printed.
+    assert fill_placeholders(["export", "<model-version-id>"], [trained, listing])[1] == (
+        "66666666-6666-6666-6666-666666666666"
+    )
 
 
 @dataclass
@@ -151,16 +175,16 @@ async def test_try_it_runs_as_written(stack: Stack, tmp_path: Path) -> None:
     }
     commands = try_it_commands(README.read_text())[1:]  # make up: the stack fixture
     assert len(commands) >= 7, commands
-    previous = ""
+    outputs: list[str] = []
     runs: dict[str, Ran] = {}
     for line in commands:
         argv = shlex.split(line.removeprefix("uv run visionmesh "), comments=True)
-        argv = fill_placeholders(argv, previous)
+        argv = fill_placeholders(argv, outputs)
         stdin = {"signup": f"{PASSWORD}\n{PASSWORD}\n", "login": f"{PASSWORD}\n"}.get(argv[0], "")
         ran = await _visionmesh(argv, cwd=work, env=env, stdin=stdin)
         assert ran.returncode == 0, str(ran)
         runs[" ".join(argv[:2])] = ran
-        previous = ran.stdout
+        outputs.append(ran.stdout)
 
     signup = next(ran for key, ran in runs.items() if key.startswith("signup"))
     assert "(admin," in signup.stdout, signup
@@ -175,3 +199,8 @@ async def test_try_it_runs_as_written(stack: Stack, tmp_path: Path) -> None:
     assert "sha256 verified" in download.stdout, download
     checkpoint = work / "best.pt"
     assert checkpoint.stat().st_size > 100_000
+    export = next(ran for key, ran in runs.items() if key.startswith("export"))
+    assert "SUCCEEDED" in export.stdout and "Export:" in export.stdout, export
+    package = work / "shapes-triton.zip"
+    with zipfile.ZipFile(package) as archive:
+        assert any(name.endswith("/1/model.onnx") for name in archive.namelist())
