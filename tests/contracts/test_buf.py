@@ -120,7 +120,7 @@ def test_breaking_allows_a_new_field(
     _edit(
         protos_copy / "visionmesh/export/v1/export.proto",
         "  optional bool simplify = 11;\n",
-        "  optional bool simplify = 11;\n  // New.\n  string added = 12;\n",
+        "  optional bool simplify = 11;\n  // New.\n  string added = 99;\n",
     )
     changed = gen_protos.build_image(protos_copy.parent / "changed.binpb")
     result = _breaking(buf_check, changed, image_path)
