@@ -338,3 +338,39 @@ def test_the_packaged_repository_serves_detections_equal_to_the_parity_reference
     for want, got in zip(reference, served, strict=True):
         pairs, missing, extra = match_boxes(want, got)
         assert not missing and not extra and len(pairs) == len(want)
+
+
+def test_dynamic_size_frees_height_and_width_and_still_checks_parity(tmp_path: Path) -> None:
+    checkpoint = _classifier_checkpoint(tmp_path / "tv.pt")
+    spec = export_pb2.ExportSpec(dynamic_batch=True, dynamic_size=True)
+    package = _export(
+        tmp_path / "d", checkpoint, _target(spec, "torchvision", "classify", NAMES), 2
+    )
+    assert package.parity.passed
+    (graph_input,) = onnx.load(package.path("model.onnx")).graph.input
+    dims = graph_input.type.tensor_type.shape.dim
+    assert [bool(d.dim_param) for d in dims] == [True, False, True, True]
+    assert list(package.metadata.input.shape) == [-1, 3, -1, -1]
+    runner = onnx_runner(package.path("model.onnx"))
+    (probabilities,) = runner(np.zeros((1, 3, 96, 128), np.float32))
+    assert probabilities.shape == (1, len(NAMES))
+
+
+def test_tensorrt_is_refused_with_the_reason_where_it_cannot_run(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import importlib.util
+
+    from visionmesh.export.core import tensorrt
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "tensorrt" else real_find_spec(name, *a),
+    )
+    assert tensorrt.tensorrt_support().reason == "tensorrt is not installed"
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object())
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    support = tensorrt.tensorrt_support()
+    assert not support.available and support.reason == "no CUDA device"
