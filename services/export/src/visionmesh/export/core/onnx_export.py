@@ -10,7 +10,6 @@ from __future__ import annotations
 import ast
 import contextlib
 import dataclasses
-import io
 import shutil
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
@@ -60,19 +59,18 @@ def export_onnx(source: SourceModel, spec: export_pb2.ExportSpec, path: Path) ->
 
 def _export_ultralytics(source: SourceModel, spec: export_pb2.ExportSpec, path: Path) -> None:
     dynamic = spec.dynamic_batch or spec.dynamic_size
-    # The exporter writes next to the checkpoint it was loaded from and logs to stdout.
-    with contextlib.redirect_stdout(io.StringIO()):
-        written = source.yolo.export(
-            format="onnx",
-            imgsz=spec.imgsz,
-            opset=spec.opset,
-            dynamic=dynamic,
-            simplify=spec.simplify,
-            batch=1 if dynamic else spec.max_batch_size,
-            nms=False,
-            device="cpu",
-            verbose=False,
-        )
+    # The exporter writes next to the checkpoint it was loaded from.
+    written = source.yolo.export(
+        format="onnx",
+        imgsz=spec.imgsz,
+        opset=spec.opset,
+        dynamic=dynamic,
+        simplify=spec.simplify,
+        batch=1 if dynamic else spec.max_batch_size,
+        nms=False,
+        device="cpu",
+        verbose=False,
+    )
     if not written or not Path(written).exists():
         raise ExportError("Ultralytics' exporter wrote no ONNX file")
     if Path(written).resolve() != path.resolve():

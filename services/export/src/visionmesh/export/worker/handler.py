@@ -189,7 +189,8 @@ class ExportHandler:
     async def _upload(
         self, package: ExportPackage, prefix: str, job: JobContext
     ) -> dict[str, artifact_pb2.ArtifactRef] | None:
-        """Uploads every file; None when cancelled midway (what was uploaded is removed).
+        """Uploads every file, then announces them; None when cancelled midway (what was
+        uploaded is removed, and nothing was announced).
 
         Keys are fixed per job, so a redelivered attempt overwrites, never duplicates.
         """
@@ -210,8 +211,9 @@ class ExportHandler:
                 content_type=content_type,
             )
             await self._store.put_file(ref.key, path, content_type=content_type)
-            await job.reporter.artifact(ref)
             uploaded[name] = ref
+        for ref in uploaded.values():
+            await job.reporter.artifact(ref)
         return uploaded
 
     @staticmethod
