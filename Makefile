@@ -25,7 +25,7 @@ test: bootstrap
 	$(UV) run --frozen ruff format --check .
 	$(UV) run --frozen ruff check .
 	$(UV) run --frozen mypy
-	status=0; $(UV) run --frozen pytest --cov --cov-report= || status=$$?; \
+	status=0; $(UV) run --frozen pytest --cov --cov-report= -n 2 --dist loadfile || status=$$?; \
 		$(UV) run --frozen python scripts/coverage_summary.py; exit $$status
 
 ## Regenerate Python code from protos/.

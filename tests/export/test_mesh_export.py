@@ -22,7 +22,8 @@ from visionmesh.cli.synth import make_detect_dataset, zip_dataset
 from tests.gateway.helpers import upload_dataset, wait_for
 from tests.mesh import Mesh, running_mesh
 
-pytestmark = pytest.mark.asyncio(loop_scope="module")
+# Each test trains or exports through real processes; under `make test` two workers share the CPU.
+pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.timeout(420)]
 
 REFERENCE_SCRIPT = Path(__file__).parents[2] / "scripts" / "onnx_predict_reference.py"
 TRAIN_SPEC = {

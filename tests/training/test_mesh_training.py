@@ -20,7 +20,8 @@ from visionmesh.common.jobs import AttemptLedger, AttemptRecord
 from tests.gateway.helpers import upload_dataset, wait_for
 from tests.training.conftest import Mesh
 
-pytestmark = pytest.mark.asyncio(loop_scope="module")
+# Each test trains or exports through real processes; under `make test` two workers share the CPU.
+pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.timeout(420)]
 
 REFERENCE_SCRIPT = Path(__file__).parents[2] / "scripts" / "ultralytics_reference.py"
 
@@ -428,6 +429,8 @@ async def _running(mesh: Mesh) -> bool:
     return mesh.stack.service("training").running
 
 
+# Trains twice (mesh and reference); under `make test`'s two workers it shares the CPU.
+@pytest.mark.timeout(420)
 async def test_the_mesh_learns_exactly_what_ultralytics_learns_directly(mesh: Mesh) -> None:
     """Same data, spec and seed: a job's final metrics equal a plain Ultralytics run's.
 
