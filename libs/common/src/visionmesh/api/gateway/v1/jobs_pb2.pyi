@@ -7,6 +7,7 @@ from visionmesh.api.common.v1 import artifact_pb2 as _artifact_pb2
 from visionmesh.api.common.v1 import job_pb2 as _job_pb2
 from visionmesh.api.common.v1 import metric_pb2 as _metric_pb2
 from visionmesh.api.export.v1 import export_pb2 as _export_pb2
+from visionmesh.api.inference.v1 import inference_pb2 as _inference_pb2
 from visionmesh.api.training.v1 import training_pb2 as _training_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
@@ -47,6 +48,66 @@ class CreateExportJobResponse(_message.Message):
     JOB_FIELD_NUMBER: _ClassVar[int]
     job: _job_pb2.Job
     def __init__(self, job: _Optional[_Union[_job_pb2.Job, _Mapping]] = ...) -> None: ...
+
+class CreateBatchInputUploadRequest(_message.Message):
+    __slots__ = ("file_names", "zip")
+    FILE_NAMES_FIELD_NUMBER: _ClassVar[int]
+    ZIP_FIELD_NUMBER: _ClassVar[int]
+    file_names: _containers.RepeatedScalarFieldContainer[str]
+    zip: bool
+    def __init__(self, file_names: _Optional[_Iterable[str]] = ..., zip: _Optional[bool] = ...) -> None: ...
+
+class UploadUrl(_message.Message):
+    __slots__ = ("file_name", "key", "url")
+    FILE_NAME_FIELD_NUMBER: _ClassVar[int]
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    URL_FIELD_NUMBER: _ClassVar[int]
+    file_name: str
+    key: str
+    url: str
+    def __init__(self, file_name: _Optional[str] = ..., key: _Optional[str] = ..., url: _Optional[str] = ...) -> None: ...
+
+class CreateBatchInputUploadResponse(_message.Message):
+    __slots__ = ("input_prefix", "uploads", "expires_in")
+    INPUT_PREFIX_FIELD_NUMBER: _ClassVar[int]
+    UPLOADS_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_IN_FIELD_NUMBER: _ClassVar[int]
+    input_prefix: str
+    uploads: _containers.RepeatedCompositeFieldContainer[UploadUrl]
+    expires_in: int
+    def __init__(self, input_prefix: _Optional[str] = ..., uploads: _Optional[_Iterable[_Union[UploadUrl, _Mapping]]] = ..., expires_in: _Optional[int] = ...) -> None: ...
+
+class CreateBatchInferenceJobRequest(_message.Message):
+    __slots__ = ("spec",)
+    SPEC_FIELD_NUMBER: _ClassVar[int]
+    spec: _inference_pb2.BatchInferenceSpec
+    def __init__(self, spec: _Optional[_Union[_inference_pb2.BatchInferenceSpec, _Mapping]] = ...) -> None: ...
+
+class CreateBatchInferenceJobResponse(_message.Message):
+    __slots__ = ("job",)
+    JOB_FIELD_NUMBER: _ClassVar[int]
+    job: _job_pb2.Job
+    def __init__(self, job: _Optional[_Union[_job_pb2.Job, _Mapping]] = ...) -> None: ...
+
+class ListBatchInferenceResultsRequest(_message.Message):
+    __slots__ = ("id", "page_size", "page_token")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    page_size: int
+    page_token: str
+    def __init__(self, id: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+
+class ListBatchInferenceResultsResponse(_message.Message):
+    __slots__ = ("results", "next_page_token", "total")
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_FIELD_NUMBER: _ClassVar[int]
+    results: _containers.RepeatedCompositeFieldContainer[_inference_pb2.ImageResult]
+    next_page_token: str
+    total: int
+    def __init__(self, results: _Optional[_Iterable[_Union[_inference_pb2.ImageResult, _Mapping]]] = ..., next_page_token: _Optional[str] = ..., total: _Optional[int] = ...) -> None: ...
 
 class GetJobRequest(_message.Message):
     __slots__ = ("id",)

@@ -47,6 +47,21 @@ class JobServiceStub:
                 request_serializer=visionmesh_dot_gateway_dot_v1_dot_jobs__pb2.CreateExportJobRequest.SerializeToString,
                 response_deserializer=visionmesh_dot_gateway_dot_v1_dot_jobs__pb2.CreateExportJobResponse.FromString,
                 _registered_method=True)
+        self.CreateBatchInputUpload = channel.unary_unary(
+                '/visionmesh.gateway.v1.JobService/CreateBatchInputUpload',
+                request_serializer=visionmesh_dot_gateway_dot_v1_dot_jobs__pb2.CreateBatchInputUploadRequest.SerializeToString,
+                response_deserializer=visionmesh_dot_gateway_dot_v1_dot_jobs__pb2.CreateBatchInputUploadResponse.FromString,
+                _registered_method=True)
+        self.CreateBatchInferenceJob = channel.unary_unary(
+                '/visionmesh.gateway.v1.JobService/CreateBatchInferenceJob',
+                request_serializer=visionmesh_dot_gateway_dot_v1_dot_jobs__pb2.CreateBatchInferenceJobRequest.SerializeToString,
+                response_deserializer=visionmesh_dot_gateway_dot_v1_dot_jobs__pb2.CreateBatchInferenceJobResponse.FromString,
+                _registered_method=True)
+        self.ListBatchInferenceResults = channel.unary_unary(
+                '/visionmesh.gateway.v1.JobService/ListBatchInferenceResults',
+                request_serializer=visionmesh_dot_gateway_dot_v1_dot_jobs__pb2.ListBatchInferenceResultsRequest.SerializeToString,
+                response_deserializer=visionmesh_dot_gateway_dot_v1_dot_jobs__pb2.ListBatchInferenceResultsResponse.FromString,
+                _registered_method=True)
         self.GetJob = channel.unary_unary(
                 '/visionmesh.gateway.v1.JobService/GetJob',
                 request_serializer=visionmesh_dot_gateway_dot_v1_dot_jobs__pb2.GetJobRequest.SerializeToString,
@@ -109,6 +124,38 @@ class JobServiceServicer:
         with spec.model_version_id), NOT_FOUND (model version, also another tenant's),
         FAILED_PRECONDITION (spec.formats / spec.half asking for TensorRT where no export
         worker has a GPU and TensorRT; the model version has no checkpoint).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateBatchInputUpload(self, request, context):
+        """Returns presigned PUT URLs for batch inference inputs: one per file name, or one
+        for a zip, under a fresh input prefix in the caller's tenant area. The prefix (or
+        the zip's key) goes into BatchInferenceSpec. Errors: INVALID_ARGUMENT
+        ("file_names[i]" not a plain file name, neither file_names nor zip).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateBatchInferenceJob(self, request, context):
+        """Validates the spec (with the inference service) and queues a batch inference job.
+        Its status is GetJob's, its events WatchJob's, its results pages of
+        ListBatchInferenceResults and the JSON Lines and COCO files among its artifacts.
+        Errors: INVALID_ARGUMENT (spec.* fields, e.g. neither spec.deployment nor
+        spec.model_version_id, spec.input_prefix with no images), NOT_FOUND
+        (spec.deployment, spec.model_version_id or its export), UNAVAILABLE (inference
+        service unreachable for validation).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListBatchInferenceResults(self, request, context):
+        """Pages through a batch inference job's per-image results in input order, as far as
+        the job has written them. Errors: NOT_FOUND (job, also another tenant's),
+        INVALID_ARGUMENT (not a batch inference job, page_token).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -180,6 +227,21 @@ def add_JobServiceServicer_to_server(servicer, server):
                     servicer.CreateExportJob,
                     request_deserializer=visionmesh_dot_gateway_dot_v1_dot_jobs__pb2.CreateExportJobRequest.FromString,
                     response_serializer=visionmesh_dot_gateway_dot_v1_dot_jobs__pb2.CreateExportJobResponse.SerializeToString,
+            ),
+            'CreateBatchInputUpload': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateBatchInputUpload,
+                    request_deserializer=visionmesh_dot_gateway_dot_v1_dot_jobs__pb2.CreateBatchInputUploadRequest.FromString,
+                    response_serializer=visionmesh_dot_gateway_dot_v1_dot_jobs__pb2.CreateBatchInputUploadResponse.SerializeToString,
+            ),
+            'CreateBatchInferenceJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateBatchInferenceJob,
+                    request_deserializer=visionmesh_dot_gateway_dot_v1_dot_jobs__pb2.CreateBatchInferenceJobRequest.FromString,
+                    response_serializer=visionmesh_dot_gateway_dot_v1_dot_jobs__pb2.CreateBatchInferenceJobResponse.SerializeToString,
+            ),
+            'ListBatchInferenceResults': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListBatchInferenceResults,
+                    request_deserializer=visionmesh_dot_gateway_dot_v1_dot_jobs__pb2.ListBatchInferenceResultsRequest.FromString,
+                    response_serializer=visionmesh_dot_gateway_dot_v1_dot_jobs__pb2.ListBatchInferenceResultsResponse.SerializeToString,
             ),
             'GetJob': grpc.unary_unary_rpc_method_handler(
                     servicer.GetJob,
@@ -274,6 +336,87 @@ class JobService:
             '/visionmesh.gateway.v1.JobService/CreateExportJob',
             visionmesh_dot_gateway_dot_v1_dot_jobs__pb2.CreateExportJobRequest.SerializeToString,
             visionmesh_dot_gateway_dot_v1_dot_jobs__pb2.CreateExportJobResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateBatchInputUpload(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/visionmesh.gateway.v1.JobService/CreateBatchInputUpload',
+            visionmesh_dot_gateway_dot_v1_dot_jobs__pb2.CreateBatchInputUploadRequest.SerializeToString,
+            visionmesh_dot_gateway_dot_v1_dot_jobs__pb2.CreateBatchInputUploadResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateBatchInferenceJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/visionmesh.gateway.v1.JobService/CreateBatchInferenceJob',
+            visionmesh_dot_gateway_dot_v1_dot_jobs__pb2.CreateBatchInferenceJobRequest.SerializeToString,
+            visionmesh_dot_gateway_dot_v1_dot_jobs__pb2.CreateBatchInferenceJobResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListBatchInferenceResults(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/visionmesh.gateway.v1.JobService/ListBatchInferenceResults',
+            visionmesh_dot_gateway_dot_v1_dot_jobs__pb2.ListBatchInferenceResultsRequest.SerializeToString,
+            visionmesh_dot_gateway_dot_v1_dot_jobs__pb2.ListBatchInferenceResultsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -116,18 +116,22 @@ class GetDeploymentResponse(_message.Message):
     def __init__(self, deployment: _Optional[_Union[Deployment, _Mapping]] = ...) -> None: ...
 
 class PredictOptions(_message.Message):
-    __slots__ = ("conf", "iou", "max_det", "top_k", "classes")
+    __slots__ = ("conf", "iou", "max_det", "top_k", "classes", "agnostic", "imgsz")
     CONF_FIELD_NUMBER: _ClassVar[int]
     IOU_FIELD_NUMBER: _ClassVar[int]
     MAX_DET_FIELD_NUMBER: _ClassVar[int]
     TOP_K_FIELD_NUMBER: _ClassVar[int]
     CLASSES_FIELD_NUMBER: _ClassVar[int]
+    AGNOSTIC_FIELD_NUMBER: _ClassVar[int]
+    IMGSZ_FIELD_NUMBER: _ClassVar[int]
     conf: float
     iou: float
     max_det: int
     top_k: int
     classes: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, conf: _Optional[float] = ..., iou: _Optional[float] = ..., max_det: _Optional[int] = ..., top_k: _Optional[int] = ..., classes: _Optional[_Iterable[int]] = ...) -> None: ...
+    agnostic: bool
+    imgsz: int
+    def __init__(self, conf: _Optional[float] = ..., iou: _Optional[float] = ..., max_det: _Optional[int] = ..., top_k: _Optional[int] = ..., classes: _Optional[_Iterable[int]] = ..., agnostic: _Optional[bool] = ..., imgsz: _Optional[int] = ...) -> None: ...
 
 class PredictRequest(_message.Message):
     __slots__ = ("deployment", "images", "options")
@@ -152,16 +156,36 @@ class Box(_message.Message):
     def __init__(self, x1: _Optional[float] = ..., y1: _Optional[float] = ..., x2: _Optional[float] = ..., y2: _Optional[float] = ...) -> None: ...
 
 class Detection(_message.Message):
-    __slots__ = ("class_id", "class_name", "score", "box")
+    __slots__ = ("class_id", "class_name", "score", "box", "polygon")
     CLASS_ID_FIELD_NUMBER: _ClassVar[int]
     CLASS_NAME_FIELD_NUMBER: _ClassVar[int]
     SCORE_FIELD_NUMBER: _ClassVar[int]
     BOX_FIELD_NUMBER: _ClassVar[int]
+    POLYGON_FIELD_NUMBER: _ClassVar[int]
     class_id: int
     class_name: str
     score: float
     box: Box
-    def __init__(self, class_id: _Optional[int] = ..., class_name: _Optional[str] = ..., score: _Optional[float] = ..., box: _Optional[_Union[Box, _Mapping]] = ...) -> None: ...
+    polygon: _containers.RepeatedCompositeFieldContainer[Point]
+    def __init__(self, class_id: _Optional[int] = ..., class_name: _Optional[str] = ..., score: _Optional[float] = ..., box: _Optional[_Union[Box, _Mapping]] = ..., polygon: _Optional[_Iterable[_Union[Point, _Mapping]]] = ...) -> None: ...
+
+class Point(_message.Message):
+    __slots__ = ("x", "y")
+    X_FIELD_NUMBER: _ClassVar[int]
+    Y_FIELD_NUMBER: _ClassVar[int]
+    x: float
+    y: float
+    def __init__(self, x: _Optional[float] = ..., y: _Optional[float] = ...) -> None: ...
+
+class ImageError(_message.Message):
+    __slots__ = ("field", "reason", "message")
+    FIELD_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    field: str
+    reason: str
+    message: str
+    def __init__(self, field: _Optional[str] = ..., reason: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
 
 class Classification(_message.Message):
     __slots__ = ("class_id", "class_name", "score")
@@ -174,28 +198,32 @@ class Classification(_message.Message):
     def __init__(self, class_id: _Optional[int] = ..., class_name: _Optional[str] = ..., score: _Optional[float] = ...) -> None: ...
 
 class ImageResult(_message.Message):
-    __slots__ = ("key", "width", "height", "detections", "classifications")
+    __slots__ = ("key", "width", "height", "detections", "classifications", "error")
     KEY_FIELD_NUMBER: _ClassVar[int]
     WIDTH_FIELD_NUMBER: _ClassVar[int]
     HEIGHT_FIELD_NUMBER: _ClassVar[int]
     DETECTIONS_FIELD_NUMBER: _ClassVar[int]
     CLASSIFICATIONS_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
     key: str
     width: int
     height: int
     detections: _containers.RepeatedCompositeFieldContainer[Detection]
     classifications: _containers.RepeatedCompositeFieldContainer[Classification]
-    def __init__(self, key: _Optional[str] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., detections: _Optional[_Iterable[_Union[Detection, _Mapping]]] = ..., classifications: _Optional[_Iterable[_Union[Classification, _Mapping]]] = ...) -> None: ...
+    error: ImageError
+    def __init__(self, key: _Optional[str] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., detections: _Optional[_Iterable[_Union[Detection, _Mapping]]] = ..., classifications: _Optional[_Iterable[_Union[Classification, _Mapping]]] = ..., error: _Optional[_Union[ImageError, _Mapping]] = ...) -> None: ...
 
 class PredictTiming(_message.Message):
-    __slots__ = ("preprocess_ms", "inference_ms", "postprocess_ms")
+    __slots__ = ("queue_ms", "preprocess_ms", "inference_ms", "postprocess_ms")
+    QUEUE_MS_FIELD_NUMBER: _ClassVar[int]
     PREPROCESS_MS_FIELD_NUMBER: _ClassVar[int]
     INFERENCE_MS_FIELD_NUMBER: _ClassVar[int]
     POSTPROCESS_MS_FIELD_NUMBER: _ClassVar[int]
+    queue_ms: float
     preprocess_ms: float
     inference_ms: float
     postprocess_ms: float
-    def __init__(self, preprocess_ms: _Optional[float] = ..., inference_ms: _Optional[float] = ..., postprocess_ms: _Optional[float] = ...) -> None: ...
+    def __init__(self, queue_ms: _Optional[float] = ..., preprocess_ms: _Optional[float] = ..., inference_ms: _Optional[float] = ..., postprocess_ms: _Optional[float] = ...) -> None: ...
 
 class PredictResponse(_message.Message):
     __slots__ = ("results", "deployment", "model_version_id", "task", "timing")
@@ -212,20 +240,26 @@ class PredictResponse(_message.Message):
     def __init__(self, results: _Optional[_Iterable[_Union[ImageResult, _Mapping]]] = ..., deployment: _Optional[str] = ..., model_version_id: _Optional[str] = ..., task: _Optional[str] = ..., timing: _Optional[_Union[PredictTiming, _Mapping]] = ...) -> None: ...
 
 class BatchInferenceSpec(_message.Message):
-    __slots__ = ("deployment", "input_prefix", "output_prefix", "image_extensions", "batch_size", "options")
+    __slots__ = ("deployment", "input_prefix", "output_prefix", "image_extensions", "batch_size", "options", "model_version_id", "input_zip_key", "export")
     DEPLOYMENT_FIELD_NUMBER: _ClassVar[int]
     INPUT_PREFIX_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_PREFIX_FIELD_NUMBER: _ClassVar[int]
     IMAGE_EXTENSIONS_FIELD_NUMBER: _ClassVar[int]
     BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_ID_FIELD_NUMBER: _ClassVar[int]
+    INPUT_ZIP_KEY_FIELD_NUMBER: _ClassVar[int]
+    EXPORT_FIELD_NUMBER: _ClassVar[int]
     deployment: str
     input_prefix: str
     output_prefix: str
     image_extensions: _containers.RepeatedScalarFieldContainer[str]
     batch_size: int
     options: PredictOptions
-    def __init__(self, deployment: _Optional[str] = ..., input_prefix: _Optional[str] = ..., output_prefix: _Optional[str] = ..., image_extensions: _Optional[_Iterable[str]] = ..., batch_size: _Optional[int] = ..., options: _Optional[_Union[PredictOptions, _Mapping]] = ...) -> None: ...
+    model_version_id: str
+    input_zip_key: str
+    export: _export_pb2.ExportResult
+    def __init__(self, deployment: _Optional[str] = ..., input_prefix: _Optional[str] = ..., output_prefix: _Optional[str] = ..., image_extensions: _Optional[_Iterable[str]] = ..., batch_size: _Optional[int] = ..., options: _Optional[_Union[PredictOptions, _Mapping]] = ..., model_version_id: _Optional[str] = ..., input_zip_key: _Optional[str] = ..., export: _Optional[_Union[_export_pb2.ExportResult, _Mapping]] = ...) -> None: ...
 
 class ValidateBatchSpecRequest(_message.Message):
     __slots__ = ("spec",)

@@ -82,8 +82,11 @@ class InferenceServiceServicer:
     """
 
     def LoadModel(self, request, context):
-        """Loads an exported model and deploys it under a name; returns once it is READY.
-        Loading the same source under the same name again returns the existing deployment.
+        """Deploys an exported model under a name. The deployment is stored as desired state
+        and returned LOADING; every replica of the service loads it in the background, and
+        GetDeployment shows READY or FAILED (with failure_reason) when done. Loading the same
+        source under the same name again returns the existing deployment. With replace, the
+        old model keeps serving until the new one is READY, so a redeploy drops no request.
         Errors: INVALID_ARGUMENT (name, backend, device), NOT_FOUND (model version, export
         job, or no successful export of the model version), ALREADY_EXISTS (name taken by
         another source and replace is false), FAILED_PRECONDITION (backend not configured
@@ -95,7 +98,8 @@ class InferenceServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def UnloadModel(self, request, context):
-        """Unloads a deployment and forgets it; in-flight Predict calls finish first.
+        """Unloads a deployment and forgets it on every replica; in-flight Predict calls finish
+        first.
         Errors: NOT_FOUND.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -117,10 +121,13 @@ class InferenceServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Predict(self, request, context):
-        """Runs a deployment on images and returns typed results (detections or top-k
-        classes) in the order of the images, boxes in original image pixels.
-        Errors: NOT_FOUND (deployment, image key), FAILED_PRECONDITION (deployment not
-        READY), INVALID_ARGUMENT (e.g. "images[2].data" not a decodable image, "options.iou"),
+        """Runs a deployment on images and returns typed results (detections, top-k classes or
+        masks) in the order of the images, boxes in original image pixels. An image that
+        cannot be used (undecodable, too large, key missing or outside the tenant) gets its
+        own ImageResult.error naming it ("images[2].data") while the others are answered;
+        when no image can be used the call fails INVALID_ARGUMENT naming each.
+        Errors: NOT_FOUND (deployment), FAILED_PRECONDITION (deployment not READY),
+        INVALID_ARGUMENT ("images" too many, "options.imgsz", every image bad),
         UNAVAILABLE (Triton or the object store unreachable).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
