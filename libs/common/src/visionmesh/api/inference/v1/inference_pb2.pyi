@@ -52,7 +52,7 @@ class Deployment(_message.Message):
     def __init__(self, name: _Optional[str] = ..., tenant_id: _Optional[str] = ..., model_version_id: _Optional[str] = ..., export_job_id: _Optional[str] = ..., backend: _Optional[str] = ..., device: _Optional[str] = ..., state: _Optional[_Union[DeploymentState, str]] = ..., failure_reason: _Optional[str] = ..., metadata: _Optional[_Union[_export_pb2.ModelMetadata, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., load_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class LoadModelRequest(_message.Message):
-    __slots__ = ("name", "model_version_id", "export_job_id", "export", "backend", "device", "replace")
+    __slots__ = ("name", "model_version_id", "export_job_id", "export", "backend", "device", "replace", "resolved_export_job_id")
     NAME_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_ID_FIELD_NUMBER: _ClassVar[int]
     EXPORT_JOB_ID_FIELD_NUMBER: _ClassVar[int]
@@ -60,6 +60,7 @@ class LoadModelRequest(_message.Message):
     BACKEND_FIELD_NUMBER: _ClassVar[int]
     DEVICE_FIELD_NUMBER: _ClassVar[int]
     REPLACE_FIELD_NUMBER: _ClassVar[int]
+    RESOLVED_EXPORT_JOB_ID_FIELD_NUMBER: _ClassVar[int]
     name: str
     model_version_id: str
     export_job_id: str
@@ -67,7 +68,8 @@ class LoadModelRequest(_message.Message):
     backend: str
     device: str
     replace: bool
-    def __init__(self, name: _Optional[str] = ..., model_version_id: _Optional[str] = ..., export_job_id: _Optional[str] = ..., export: _Optional[_Union[_export_pb2.ExportResult, _Mapping]] = ..., backend: _Optional[str] = ..., device: _Optional[str] = ..., replace: _Optional[bool] = ...) -> None: ...
+    resolved_export_job_id: str
+    def __init__(self, name: _Optional[str] = ..., model_version_id: _Optional[str] = ..., export_job_id: _Optional[str] = ..., export: _Optional[_Union[_export_pb2.ExportResult, _Mapping]] = ..., backend: _Optional[str] = ..., device: _Optional[str] = ..., replace: _Optional[bool] = ..., resolved_export_job_id: _Optional[str] = ...) -> None: ...
 
 class LoadModelResponse(_message.Message):
     __slots__ = ("deployment",)
