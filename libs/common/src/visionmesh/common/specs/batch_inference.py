@@ -19,6 +19,7 @@ __all__ = [
     "DEFAULT_BATCH_SIZE",
     "DEFAULT_IMAGE_EXTENSIONS",
     "DEPLOYMENT_NAME_PATTERN",
+    "RESOLVED_EXPORT_SCOPE",
     "check_batch_spec",
     "default_output_prefix",
 ]
@@ -27,6 +28,11 @@ DEFAULT_IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".
 DEFAULT_BATCH_SIZE = 16
 DEPLOYMENT_NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
 """LoadModelRequest.name's rule: a name that does not match cannot name a deployment."""
+RESOLVED_EXPORT_SCOPE = "gateway:resolved-export"
+"""Scope of a gateway-minted delegated token whose call carries an export the gateway
+resolved within the caller's tenant (LoadModelRequest.export, BatchInferenceSpec.export).
+The inference service accepts a given export only with it; user-issued tokens never carry
+"gateway:" scopes."""
 
 
 def default_output_prefix(job_id: str) -> str:
