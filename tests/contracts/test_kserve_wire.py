@@ -12,9 +12,10 @@ import tritonclient.grpc.aio as triton_aio
 from google.protobuf import descriptor, descriptor_pb2, descriptor_pool, json_format
 from google.protobuf import message as pb_message
 from google.protobuf.message_factory import GetMessageClass
-from tritonclient.grpc import service_pb2, service_pb2_grpc
+from tritonclient.grpc import model_config_pb2, service_pb2, service_pb2_grpc
 
 PROTO = "inference/grpc_service.proto"
+MODEL_CONFIG_PROTO = "inference/model_config.proto"
 SERVICE = "inference.GRPCInferenceService"
 # The RPCs the inference service serves over KServe v2 (Triton extensions included).
 REQUIRED_RPCS = {
@@ -24,6 +25,8 @@ REQUIRED_RPCS = {
     "ServerMetadata",
     "ModelMetadata",
     "ModelInfer",
+    "ModelConfig",
+    "ModelStatistics",
     "RepositoryIndex",
     "RepositoryModelLoad",
     "RepositoryModelUnload",
@@ -42,6 +45,11 @@ def pool(image: descriptor_pb2.FileDescriptorSet) -> descriptor_pool.DescriptorP
 @pytest.fixture(scope="module")
 def ours(pool: descriptor_pool.DescriptorPool) -> descriptor.FileDescriptor:
     return pool.FindFileByName(PROTO)
+
+
+@pytest.fixture(scope="module")
+def our_model_config(pool: descriptor_pool.DescriptorPool) -> descriptor.FileDescriptor:
+    return pool.FindFileByName(MODEL_CONFIG_PROTO)
 
 
 def _wire_shape(message: descriptor.Descriptor) -> dict[str, Any]:
@@ -81,6 +89,52 @@ def test_messages_match_tritonclient(ours: descriptor.FileDescriptor) -> None:
     for name, message in ours.message_types_by_name.items():
         assert name in theirs, f"inference.{name} is not a Triton message"
         assert _wire_shape(message) == _wire_shape(theirs[name]), f"inference.{name} differs"
+
+
+def _assert_subset(ours: dict[str, Any], theirs: dict[str, Any], path: str) -> None:
+    """Every field, nested message and enum we declare is Triton's, number for number."""
+    for number, field in ours["fields"].items():
+        assert theirs["fields"].get(number) == field, f"{path} field {number} {field[0]}"
+    assert ours["map_entry"] == theirs["map_entry"], path
+    for name, nested in ours["nested"].items():
+        assert name in theirs["nested"], f"{path}.{name} is not Triton's"
+        _assert_subset(nested, theirs["nested"][name], f"{path}.{name}")
+    for name, values in ours["enums"].items():
+        assert theirs["enums"].get(name) == values, f"{path}.{name} differs"
+
+
+def test_model_config_is_part_of_tritons(our_model_config: descriptor.FileDescriptor) -> None:
+    """model_config.proto declares a subset of Triton's: what ModelConfig responses fill."""
+    assert our_model_config.package == model_config_pb2.DESCRIPTOR.package == "inference"
+    theirs = model_config_pb2.DESCRIPTOR
+    for name, enum in our_model_config.enum_types_by_name.items():
+        assert name in theirs.enum_types_by_name, f"inference.{name} is not a Triton enum"
+        their_values = [(v.name, v.number) for v in theirs.enum_types_by_name[name].values]
+        assert [(v.name, v.number) for v in enum.values] == their_values, name
+    assert "ModelConfig" in our_model_config.message_types_by_name
+    for name, message in our_model_config.message_types_by_name.items():
+        assert name in theirs.message_types_by_name, f"inference.{name} is not a Triton message"
+        their_shape = _wire_shape(theirs.message_types_by_name[name])
+        _assert_subset(_wire_shape(message), their_shape, f"inference.{name}")
+
+
+def test_model_config_round_trip(pool: descriptor_pool.DescriptorPool) -> None:
+    """A config as the export writes it survives tritonclient -> ours -> tritonclient."""
+    config = model_config_pb2.ModelConfig(
+        name="m", platform="onnxruntime_onnx", backend="onnxruntime", max_batch_size=8
+    )
+    config.input.add(name="images", data_type=model_config_pb2.TYPE_FP32, dims=[3, -1, -1])
+    config.output.add(name="output0", data_type=model_config_pb2.TYPE_FP32, dims=[84, -1])
+    config.dynamic_batching.max_queue_delay_microseconds = 500
+    config.instance_group.add(count=1, kind=model_config_pb2.ModelInstanceGroup.KIND_AUTO)
+    config.parameters["metadata"].string_value = "{'names': {0: 'cat'}}"
+    response = service_pb2.ModelConfigResponse(config=config)
+    ours_cls = GetMessageClass(pool.FindMessageTypeByName("inference.ModelConfigResponse"))
+    ours = ours_cls.FromString(response.SerializeToString())
+    # JSON drops unknown fields: a field the export writes that ours lacks shows here.
+    assert json_format.MessageToDict(ours) == json_format.MessageToDict(response)
+    back = service_pb2.ModelConfigResponse.FromString(ours.SerializeToString(deterministic=True))
+    assert back == response
 
 
 def test_service_matches_tritonclient(ours: descriptor.FileDescriptor) -> None:
