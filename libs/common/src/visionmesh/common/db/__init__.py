@@ -4,5 +4,6 @@ from __future__ import annotations
 
 from visionmesh.common.db._database import Database, normalize_database_url
 from visionmesh.common.db._migrations import run_migrations
+from visionmesh.common.db._types import UtcDateTime
 
-__all__ = ["Database", "normalize_database_url", "run_migrations"]
+__all__ = ["Database", "UtcDateTime", "normalize_database_url", "run_migrations"]

@@ -88,6 +88,17 @@ class Runtime(Protocol):
     async def close(self) -> None: ...
 
 
+@dataclass(frozen=True)
+class RepositoryEntry:
+    """One model of KServe's repository index (Triton's model repository extension)."""
+
+    name: str
+    version: str
+    state: str
+    """Triton's states: "READY", "LOADING" or "UNAVAILABLE"."""
+    reason: str = ""
+
+
 @dataclass
 class InferenceStats:
     """Triton-style per-model statistics (what KServe's statistics extension reports)."""

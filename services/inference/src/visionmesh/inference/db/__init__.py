@@ -1,0 +1,1 @@
+"""The inference service's own table: deployments as desired state, shared by all replicas."""
