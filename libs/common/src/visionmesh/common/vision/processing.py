@@ -29,8 +29,10 @@ __all__ = [
     "classifications",
     "decode_image",
     "detections",
+    "instance_masks",
     "preprocess",
     "segment_detections",
+    "segment_polygons",
 ]
 
 Image = npt.NDArray[np.uint8]
@@ -595,3 +597,140 @@ def _softmax(logits: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
     if not np.isfinite(result).all():
         raise ValueError("classifier logits are not finite")
     return result
+
+
+# --- segmentation masks -------------------------------------------------------------------
+
+
+def segment_polygons(
+    outputs: Sequence[npt.NDArray[Any]],
+    transforms: Sequence[Transform],
+    meta: Mapping[str, Any],
+    *,
+    conf: float | None = None,
+    iou: float | None = None,
+    max_det: int | None = None,
+    agnostic: bool | None = None,
+    classes: Sequence[int] | None = None,
+) -> list[tuple[FloatArray, list[FloatArray]]]:
+    """Per image, detections with the outline of each one's mask: (boxes (k, 6), polygons).
+
+    What Ultralytics' segment predict (retina_masks=False) and `Results.masks.xy` give:
+    boxes as `detections` returns them, and per detection an (n, 2) float32 array of x, y
+    points in original-image pixels. As Ultralytics does, a detection whose mask is empty
+    inside its box is dropped. `outputs` are [detections, prototypes (N, m, mh, mw)].
+    """
+    if str(meta.get("postprocess", "")) != "yolo_segment":
+        raise ValueError("segment_polygons needs a yolo_segment model")
+    if len(outputs) < 2:
+        raise ValueError("a segment model has two outputs: detections and mask prototypes")
+    options = _NmsOptions.resolve(
+        meta, conf=conf, iou=iou, max_det=max_det, agnostic=agnostic, classes=classes
+    )
+    pred = np.asarray(outputs[0], dtype=np.float32)
+    protos = np.asarray(outputs[1], dtype=np.float32)
+    if pred.ndim != 3 or protos.ndim != 4:
+        raise ValueError(
+            f"segment outputs must be [N, C, anchors] and [N, m, h, w], got {pred.shape} and "
+            f"{protos.shape}"
+        )
+    if not pred.shape[0] == protos.shape[0] == len(transforms):
+        raise ValueError(
+            f"outputs hold {pred.shape[0]} and {protos.shape[0]} images, {len(transforms)} "
+            "transforms"
+        )
+    input_size = _input_size(meta)
+    results: list[tuple[FloatArray, list[FloatArray]]] = []
+    for image_pred, image_protos, transform in zip(pred, protos, transforms, strict=True):
+        if meta.get("nms_in_graph", False):
+            rows = _filter_nms_rows(image_pred, options)
+        else:
+            nc = _class_count(pred, outputs, meta, segment=True)
+            rows = _nms_image(image_pred, nc, options)
+        masks = instance_masks(rows[:, 6:], image_protos, rows[:, :4], input_size)
+        keep = masks.reshape(len(masks), -1).any(axis=1)
+        rows, masks = rows[keep], masks[keep]
+        polygons = [_outline(mask, transform) for mask in masks]
+        results.append((_to_original(rows[:, :6], transform), polygons))
+    return results
+
+
+def instance_masks(
+    coefficients: npt.NDArray[Any],
+    prototypes: npt.NDArray[Any],
+    boxes: npt.NDArray[Any],
+    input_size: tuple[int, int],
+) -> npt.NDArray[np.uint8]:
+    """Binary (k, H, W) masks at model-input size: Ultralytics' process_mask(upsample=True).
+
+    Each mask is its coefficients times the (m, mh, mw) prototypes, bilinearly upsampled to
+    the input size (half-pixel centres, as torch's interpolate without align_corners),
+    thresholded at 0 (sigmoid 0.5), and zeroed outside its box (x1, y1, x2, y2 in input
+    pixels; a pixel column c is inside when x1 <= c < x2).
+    """
+    height, width = input_size
+    count = len(coefficients)
+    out = np.zeros((count, height, width), dtype=np.uint8)
+    if not count:
+        return out
+    m, mh, mw = prototypes.shape
+    logits = (
+        np.asarray(coefficients, dtype=np.float32) @ prototypes.reshape(m, -1).astype(np.float32)
+    ).reshape(count, mh, mw)
+    columns = np.arange(width, dtype=np.float32)
+    rows_ = np.arange(height, dtype=np.float32)
+    for i in range(count):
+        upsampled = cv2.resize(logits[i], (width, height), interpolation=cv2.INTER_LINEAR)
+        x1, y1, x2, y2 = (np.float32(v) for v in boxes[i, :4])
+        inside = ((rows_ >= y1) & (rows_ < y2))[:, None] & ((columns >= x1) & (columns < x2))[None]
+        out[i] = (upsampled > 0) & inside
+    return out
+
+
+def _outline(mask: npt.NDArray[np.uint8], transform: Transform) -> FloatArray:
+    """Ultralytics' masks2segments(strategy="all") then scale_coords, for one input-size mask."""
+    contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    if not contours:
+        return np.zeros((0, 2), dtype=np.float32)
+    if len(contours) == 1:
+        points = contours[0].reshape(-1, 2)
+    else:
+        points = _join_contours([c.reshape(-1, 2) for c in contours])
+    xy = points.astype(np.float32)
+    xy[:, 0] -= np.float32(transform.pad_x)
+    xy[:, 1] -= np.float32(transform.pad_y)
+    xy[:, 0] /= np.float32(transform.gain_x)
+    xy[:, 1] /= np.float32(transform.gain_y)
+    xy[:, 0] = xy[:, 0].clip(0, transform.orig_width)
+    xy[:, 1] = xy[:, 1].clip(0, transform.orig_height)
+    return xy
+
+
+def _join_contours(contours: list[npt.NDArray[Any]]) -> npt.NDArray[Any]:
+    """One outline through several contours, as Ultralytics' merge_multi_segment draws it.
+
+    Neighbouring contours (in findContours order) are linked at their closest pair of
+    points; the path walks forward through each contour to its next link and returns
+    through the remainders, so every contour is traced once and the links twice.
+    """
+    segments = [np.asarray(c) for c in contours]
+    last = len(segments) - 1
+    links: list[list[int]] = [[] for _ in segments]
+    for i in range(1, len(segments)):
+        a, b = segments[i - 1], segments[i]
+        distances = ((a[:, None, :] - b[None, :, :]) ** 2).sum(-1)
+        near_a, near_b = np.unravel_index(int(np.argmin(distances)), distances.shape)
+        links[i - 1].append(int(near_a))
+        links[i].append(int(near_b))
+    outward: list[npt.NDArray[Any]] = []
+    for i, link in enumerate(links):
+        segment = segments[i]
+        if len(link) == 2 and link[0] > link[1]:
+            link = [len(segment) - 1 - x for x in link]
+            segment = segment[::-1]
+        segment = np.roll(segment, -link[0], axis=0)
+        segment = np.concatenate([segment, segment[:1]])
+        segments[i] = segment
+        outward.append(segment if i in (0, last) else segment[: link[1] - link[0] + 1])
+    back = [segments[i][abs(links[i][1] - links[i][0]) :] for i in range(last - 1, 0, -1)]
+    return np.concatenate(outward + back)
