@@ -12,12 +12,10 @@ import onnx
 import pytest
 import torch
 from visionmesh.api.export.v1 import export_pb2
-from visionmesh.common.classifiers import CHECKPOINT_FORMAT, build_torchvision_classifier
 from visionmesh.common.specs.export import UNCONFIRMED_CAPABILITIES, check_export_spec
 from visionmesh.export.core.images import synthetic_images
 from visionmesh.export.core.parity import check_parity, onnx_runner
 from visionmesh.export.core.pipeline import (
-    ExportPackage,
     ExportTarget,
     ParityFailed,
     Stopped,
@@ -25,48 +23,12 @@ from visionmesh.export.core.pipeline import (
 )
 from visionmesh.export.core.source import SourceError, load_source
 
+from tests.models import IMGSZ, NAMES
+from tests.models import classifier_checkpoint as _classifier_checkpoint
+from tests.models import export_package as _export
+from tests.models import yolo_checkpoint as _yolo_checkpoint
+
 os.environ.setdefault("YOLO_OFFLINE", "1")
-
-IMGSZ = 64
-NAMES = ("circle", "square", "triangle")
-
-
-def _yolo_checkpoint(path: Path, yaml: str, *, confident: bool = False) -> Path:
-    """A random-init Ultralytics model with our class names, saved as the registry keeps it."""
-    from ultralytics import YOLO
-
-    model = YOLO(yaml)
-    inner: Any = model.model
-    if "cls" in yaml:
-        head = inner.model[-1]
-        head.linear = torch.nn.Linear(head.linear.in_features, len(NAMES))
-    else:
-        inner.model[-1].nc = inner.model[-1].nc  # keep the head; only names change below
-    inner.names = dict(enumerate(NAMES)) if "cls" in yaml else inner.names
-    if confident:
-        # An untrained head scores everything near zero; spread the class biases so
-        # boxes clear the confidence threshold and overlap, which is what NMS must get right.
-        generator = torch.Generator().manual_seed(0)
-        for branch in inner.model[-1].cv3:
-            bias = branch[-1].bias
-            bias.data = torch.randn(bias.shape, generator=generator) * 1.5
-    model.save(str(path))
-    return path
-
-
-def _classifier_checkpoint(path: Path) -> Path:
-    model = build_torchvision_classifier("resnet18", num_classes=len(NAMES), imgsz=IMGSZ)
-    torch.save(
-        {
-            "format": CHECKPOINT_FORMAT,
-            "model_state": model.state_dict(),
-            "arch": "resnet18",
-            "class_names": list(NAMES),
-            "imgsz": IMGSZ,
-        },
-        path,
-    )
-    return path
 
 
 def _target(
@@ -90,20 +52,6 @@ def _target(
         class_names=names,
         imgsz=IMGSZ,
     )
-
-
-def _export(tmp: Path, checkpoint: Path, target: ExportTarget, images: int = 8) -> ExportPackage:
-    phases: list[str] = []
-    package = run_export(
-        target,
-        checkpoint,
-        tmp,
-        synthetic_images(images),
-        on_phase=phases.append,
-        should_stop=lambda: False,
-    )
-    assert phases == ["load", "export", "parity", "package"]
-    return package
 
 
 @pytest.fixture(scope="module")
