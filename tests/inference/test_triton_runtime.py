@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shutil
 import socket
 from pathlib import Path
@@ -26,6 +27,7 @@ from visionmesh.inference.core.triton_runtime import (
     served_model_name,
 )
 
+from tests.export.triton_server import run_triton_server, triton_environment
 from tests.models import export_package, export_target, yolo_checkpoint
 
 if TYPE_CHECKING:
@@ -274,3 +276,18 @@ async def test_an_unreachable_triton_is_unavailable(repository: Path, model_name
             served_name=served_model_name("tenant-a", "shapes", 9),
             timeout_s=5,
         )
+
+
+@pytest.mark.timeout(300)
+async def test_a_triton_that_goes_away_makes_infer_unavailable_and_close_still_returns(
+    repository: Path, model_name: str, batch: np.ndarray, tmp_path: Path
+) -> None:
+    # A server of this test's own, so stopping it leaves the shared one alone.
+    with contextlib.ExitStack() as stack:
+        server = stack.enter_context(run_triton_server(tmp_path, triton_environment()))
+        runtime = await load(server, repository, model_name, served_model_name("t", "gone", 1))
+        await runtime.infer({"images": batch[:1]})
+        stack.close()
+        with pytest.raises(Unavailable, match=runtime.served_name):
+            await runtime.infer({"images": batch[:1]})
+        await runtime.close()

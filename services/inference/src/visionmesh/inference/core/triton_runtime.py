@@ -163,9 +163,11 @@ async def load_into_triton(
 
     With `tensorrt`, the export's TensorRT engine (`<model_name>-trt`) is loaded instead;
     Triton refuses it without a GPU and the TensorRT backend. A model already loaded under
-    `served_name` is replaced. Raises Unavailable when Triton cannot be reached or did not
-    answer in `timeout_s`, FailedPrecondition with Triton's reason when it cannot load the
-    model.
+    `served_name` is replaced, and every runtime of that name then serves the new one and
+    unloads it on close: a name is one load (`served_model_name` counts generations).
+
+    Raises Unavailable when Triton cannot be reached or did not answer in `timeout_s`,
+    FailedPrecondition with Triton's reason when it cannot load the model.
     """
     if not _MODEL_NAME.match(served_name):
         raise ValueError(f"{served_name!r} is not a Triton model name")
