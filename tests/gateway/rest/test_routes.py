@@ -11,6 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from visionmesh.api.export.v1 import export_pb2
 from visionmesh.api.gateway.v1 import auth_pb2, datasets_pb2, jobs_pb2, models_pb2
+from visionmesh.api.inference.v1 import inference_pb2
 from visionmesh.api.training.v1 import training_pb2
 from visionmesh.gateway.api.rest import (
     PathTemplateError,
@@ -21,7 +22,15 @@ from visionmesh.gateway.api.rest import (
 
 ALL_SERVICES: list[ServiceDescriptor] = [
     service
-    for module in (auth_pb2, datasets_pb2, jobs_pb2, models_pb2, training_pb2, export_pb2)
+    for module in (
+        auth_pb2,
+        datasets_pb2,
+        jobs_pb2,
+        models_pb2,
+        training_pb2,
+        export_pb2,
+        inference_pb2,
+    )
     for service in module.DESCRIPTOR.services_by_name.values()
 ]
 
@@ -82,6 +91,60 @@ def test_export_routes_reach_their_own_rpc(
     assert endpoint is not None
     assert endpoint.route.method.full_name.split(".", 3)[-1] == rpc
     assert matched == values
+
+
+@pytest.mark.parametrize(
+    "http_method, path, rpc, values",
+    [
+        ("POST", "/v1/deployments", "InferenceService.LoadModel", ()),
+        ("GET", "/v1/deployments", "InferenceService.ListDeployments", ()),
+        ("GET", "/v1/deployments/dets", "InferenceService.GetDeployment", ("dets",)),
+        ("DELETE", "/v1/deployments/dets", "InferenceService.UnloadModel", ("dets",)),
+        ("POST", "/v1/deployments/dets:predict", "InferenceService.Predict", ("dets",)),
+        (
+            "POST",
+            "/v1/batch-inference/spec:validate",
+            "InferenceService.ValidateBatchSpec",
+            (),
+        ),
+        ("POST", "/v1/batch-inference/uploads", "JobService.CreateBatchInputUpload", ()),
+        ("POST", "/v1/batch-inference/jobs", "JobService.CreateBatchInferenceJob", ()),
+        (
+            "GET",
+            "/v1/batch-inference/jobs/j-1/results",
+            "JobService.ListBatchInferenceResults",
+            ("j-1",),
+        ),
+        # A batch job's status is the plain job route's: one GET per path, never shadowed.
+        ("GET", "/v1/jobs/j-1", "JobService.GetJob", ("j-1",)),
+        ("GET", "/v1/jobs/j-1/events", "JobService.WatchJob", ("j-1",)),
+        ("GET", "/v1/jobs/j-1/artifacts", "JobService.ListJobArtifacts", ("j-1",)),
+        ("POST", "/v1/jobs/j-1:cancel", "JobService.CancelJob", ("j-1",)),
+    ],
+)
+def test_inference_and_batch_routes_reach_their_own_rpc(
+    authenticator, http_method: str, path: str, rpc: str, values: tuple[str, ...]
+) -> None:
+    from visionmesh.gateway.api.rest import RestTranscoder
+
+    app = RestTranscoder([(s, _AnyServicer()) for s in ALL_SERVICES], authenticator=authenticator)
+    endpoint, matched = app._match(http_method, path)
+    assert endpoint is not None
+    assert endpoint.route.method.full_name.split(".", 3)[-1] == rpc
+    assert matched == values
+
+
+def test_no_path_has_two_routes_of_one_verb_and_no_prefix_is_doubled() -> None:
+    routes = http_routes(ALL_SERVICES)
+    texts = [(r.http_method, r.template.text) for r in routes]
+    assert len(texts) == len(set(texts))
+    for _, text in texts:
+        segments = [s for s in text.split("/") if s]
+        assert segments[0] == "v1" and "v1" not in segments[1:], text
+        assert all(a != b for a, b in zip(segments, segments[1:], strict=False)), text
+    gets = {text for method, text in texts if method == "GET"}
+    assert "/v1/jobs/{id}" in gets and "/v1/batch-inference/jobs/{id}/results" in gets
+    assert "/v1/batch-inference/jobs/{id}" not in gets  # the job itself is GetJob's
 
 
 class _AnyServicer:

@@ -22,6 +22,7 @@ from visionmesh.api.gateway.v1 import (
     models_pb2,
     models_pb2_grpc,
 )
+from visionmesh.api.inference.v1 import inference_pb2, inference_pb2_grpc
 from visionmesh.api.training.v1 import training_pb2, training_pb2_grpc
 from visionmesh.common.auth import Principal, ServiceTokenSigner
 from visionmesh.common.db import Database, run_migrations
@@ -33,12 +34,19 @@ from visionmesh.common.storage import ObjectStore, ObjectStoreConfig
 from visionmesh.common.subjects import ensure_job_streams
 from visionmesh.common.supervision import mark_not_serving, until_signal_or_loop_exit
 from visionmesh.gateway.api.auth_servicer import AuthServicer
-from visionmesh.gateway.api.proxies import ExportProxy, TrainingProxy
-from visionmesh.gateway.api.rest import RestServer, RestTranscoder, serve_rest
+from visionmesh.gateway.api.proxies import ExportProxy, InferenceProxy, TrainingProxy
+from visionmesh.gateway.api.rest import (
+    PREDICT_UPLOAD,
+    RestConfig,
+    RestServer,
+    RestTranscoder,
+    serve_rest,
+)
 from visionmesh.gateway.api.servicers import DatasetServicer, JobServicer, ModelServicer
 from visionmesh.gateway.config import GatewaySettings
 from visionmesh.gateway.core.auth import AuthCore, load_or_create_signing_key
 from visionmesh.gateway.core.datasets import DatasetsCore
+from visionmesh.gateway.core.delegation import DelegatedTokens
 from visionmesh.gateway.core.job_events import JobEventApplier, JobEventConsumer
 from visionmesh.gateway.core.jobs import JobsCore, JobWatchers
 from visionmesh.gateway.core.outbox import OutboxRelay
@@ -119,6 +127,22 @@ class Gateway:
         )
         self.export_proxy = ExportProxy(export_pb2_grpc.ExportServiceStub(self.export.channel))
         presign_ttl = timedelta(seconds=settings.presign_ttl_seconds)
+        self.registry = RegistryCore(db=self.db, store=self.store, presign_ttl=presign_ttl)
+        self.inference_tokens = DelegatedTokens(
+            ServiceTokenSigner(private_key=signing_key), audience="inference"
+        )
+        self.inference: GrpcClient = connect(
+            settings.inference_addr,
+            # Calls go on behalf of the caller: the inference service scopes by their tenant.
+            token_provider=self.inference_tokens,
+            max_message_bytes=settings.grpc_max_message_bytes,
+            retry=RetryPolicy(max_attempts=3),
+        )
+        self.inference_proxy = InferenceProxy(
+            inference_pb2_grpc.InferenceServiceStub(self.inference.channel),
+            tokens=self.inference_tokens,
+            resolve_export=self.registry.resolve_export,
+        )
         self.datasets = DatasetsCore(
             db=self.db,
             store=self.store,
@@ -132,10 +156,10 @@ class Gateway:
             datasets=self.datasets,
             watchers=self.watchers,
             validate_export_spec=self.export_proxy.validate,
+            validate_batch_spec=self.inference_proxy.validate_batch_spec,
             outbox_wakeup=self.relay.wakeup,
             presign_ttl=presign_ttl,
         )
-        self.registry = RegistryCore(db=self.db, store=self.store, presign_ttl=presign_ttl)
         authenticator = self.auth.authenticator()
         services: list[tuple[object, object, object]] = [
             (auth_pb2, auth_pb2_grpc.add_AuthServiceServicer_to_server, AuthServicer(self.auth)),
@@ -160,6 +184,11 @@ class Gateway:
                 export_pb2_grpc.add_ExportServiceServicer_to_server,
                 self.export_proxy,
             ),
+            (
+                inference_pb2,
+                inference_pb2_grpc.add_InferenceServiceServicer_to_server,
+                self.inference_proxy,
+            ),
         ]
         self.grpc = GrpcServer(settings=settings, authenticator=authenticator)
         pairs = []
@@ -172,6 +201,7 @@ class Gateway:
             authenticator=authenticator,
             readiness=self.readiness,
             registry=self.grpc.registry,
+            config=RestConfig(file_uploads=(PREDICT_UPLOAD,)),
         )
         self.rest: RestServer | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -233,6 +263,7 @@ class Gateway:
         await self.watchers.stop()
         await self.training.close()
         await self.export.close()
+        await self.inference.close()
         await self.bus.close()
         self.store.close()
         self.auth.close()

@@ -7,6 +7,9 @@ from pathlib import Path
 from pydantic import Field
 from visionmesh.common.settings import NatsSettings, ObjectStoreSettings, ServiceSettings
 
+PREDICT_MAX_MESSAGE_BYTES = 64 * 20 * 1024 * 1024 + 1024 * 1024
+"""64 images of 20 MiB (the contract's limits) and room for the rest of the request."""
+
 
 class GatewaySettings(NatsSettings, ObjectStoreSettings, ServiceSettings):
     """What the gateway needs: its ports, SQL, the event bus, the object store, peers."""
@@ -31,6 +34,18 @@ class GatewaySettings(NatsSettings, ObjectStoreSettings, ServiceSettings):
         default="127.0.0.1:50071",
         description="the export service's gRPC address (host:port); while it does not answer, "
         "export specs are checked by the shared rules, which accept ONNX only",
+    )
+    inference_addr: str = Field(
+        default="127.0.0.1:50081",
+        description="the inference service's gRPC address (host:port); deployments, Predict "
+        "and batch inference intake go there (UNAVAILABLE while it does not answer)",
+    )
+    grpc_max_message_bytes: int = Field(
+        # Predict carries up to 64 images of up to 20 MiB each (inference.proto), through
+        # this server and on to the inference service.
+        default=PREDICT_MAX_MESSAGE_BYTES,
+        gt=0,
+        description="largest gRPC message sent or received, in bytes (Predict's images)",
     )
     signing_key_file: Path | None = Field(
         default=None,

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from visionmesh.api.export.v1 import export_pb2, export_pb2_grpc
+from visionmesh.api.inference.v1 import inference_pb2, inference_pb2_grpc
 from visionmesh.api.training.v1 import training_pb2, training_pb2_grpc
-from visionmesh.common.errors import DeadlineExceeded, Unavailable
+from visionmesh.common.auth import require_principal
+from visionmesh.common.errors import DeadlineExceeded, InvalidArgument, Unavailable
+from visionmesh.common.specs.batch_inference import RESOLVED_EXPORT_SCOPE, check_batch_spec
 from visionmesh.common.specs.export import UNCONFIRMED_CAPABILITIES
 from visionmesh.common.specs.training import check_spec
+from visionmesh.gateway.core.delegation import DelegatedTokens
 from visionmesh.gateway.core.jobs import validate_export_spec_locally
+from visionmesh.gateway.core.registry import ResolvedExport
 
 EXPORT_VALIDATE_TIMEOUT_SECONDS = 5.0
 """How long job intake waits for the export service before applying the shared rules."""
@@ -89,3 +95,119 @@ class ExportProxy(export_pb2_grpc.ExportServiceServicer):
         except (Unavailable, DeadlineExceeded):
             return await validate_export_spec_locally(request)
         return response.spec
+
+
+ExportResolver = Callable[..., Awaitable[ResolvedExport]]
+"""`RegistryCore.resolve_export`: (model_version_id= | export_job_id=, field_prefix=) in the
+caller's tenant."""
+
+
+class InferenceProxy(inference_pb2_grpc.InferenceServiceServicer):
+    """InferenceService through the gateway, and the batch spec check of job intake.
+
+    Calls go on with a token delegated from the caller (their tenant, role and subject),
+    so the inference service scopes deployments itself. Only the gateway knows the model
+    registry: LoadModel's model_version_id or export_job_id, and a batch spec's
+    model_version_id, are resolved here within the caller's tenant and forwarded as the
+    export itself, under a token with the `RESOLVED_EXPORT_SCOPE` the inference service
+    asks of a given export; a client giving `export` itself is refused. There is no local
+    fallback: when the inference service is down, calls fail UNAVAILABLE.
+    """
+
+    def __init__(
+        self,
+        stub: inference_pb2_grpc.InferenceServiceStub,
+        *,
+        tokens: DelegatedTokens,
+        resolve_export: ExportResolver,
+    ) -> None:
+        self._stub = stub
+        self._tokens = tokens
+        self._resolve_export = resolve_export
+
+    def _resolved_export_call(self) -> tuple[tuple[str, str], ...]:
+        return self._tokens.metadata(extra_scopes=(RESOLVED_EXPORT_SCOPE,))
+
+    async def LoadModel(
+        self, request: inference_pb2.LoadModelRequest, context: Any
+    ) -> inference_pb2.LoadModelResponse:
+        source = request.WhichOneof("source")
+        if source == "export" or request.resolved_export_job_id:
+            field = "export" if source == "export" else "resolved_export_job_id"
+            raise InvalidArgument.for_field(
+                field, "set by the gateway only: give model_version_id or export_job_id"
+            )
+        resolved = await self._resolve_export(
+            model_version_id=request.model_version_id, export_job_id=request.export_job_id
+        )
+        forwarded = inference_pb2.LoadModelRequest(
+            name=request.name,
+            export=resolved.result,
+            resolved_export_job_id=resolved.job_id,
+            backend=request.backend,
+            device=request.device,
+            replace=request.replace,
+        )
+        response: inference_pb2.LoadModelResponse = await self._stub.LoadModel(
+            forwarded, metadata=self._resolved_export_call()
+        )
+        return response
+
+    async def UnloadModel(
+        self, request: inference_pb2.UnloadModelRequest, context: Any
+    ) -> inference_pb2.UnloadModelResponse:
+        response: inference_pb2.UnloadModelResponse = await self._stub.UnloadModel(request)
+        return response
+
+    async def ListDeployments(
+        self, request: inference_pb2.ListDeploymentsRequest, context: Any
+    ) -> inference_pb2.ListDeploymentsResponse:
+        response: inference_pb2.ListDeploymentsResponse = await self._stub.ListDeployments(request)
+        return response
+
+    async def GetDeployment(
+        self, request: inference_pb2.GetDeploymentRequest, context: Any
+    ) -> inference_pb2.GetDeploymentResponse:
+        response: inference_pb2.GetDeploymentResponse = await self._stub.GetDeployment(request)
+        return response
+
+    async def Predict(
+        self, request: inference_pb2.PredictRequest, context: Any
+    ) -> inference_pb2.PredictResponse:
+        response: inference_pb2.PredictResponse = await self._stub.Predict(request)
+        return response
+
+    async def ValidateBatchSpec(
+        self, request: inference_pb2.ValidateBatchSpecRequest, context: Any
+    ) -> inference_pb2.ValidateBatchSpecResponse:
+        return inference_pb2.ValidateBatchSpecResponse(
+            spec=await self.validate_batch_spec(request.spec)
+        )
+
+    async def validate_batch_spec(
+        self, spec: inference_pb2.BatchInferenceSpec, *, job_id: str = ""
+    ) -> inference_pb2.BatchInferenceSpec:
+        """The spec as a worker will run it: the shared rules (with `job_id`'s default
+        output prefix), spec.model_version_id resolved into spec.export, then the
+        inference service's checks (the deployment exists, the inputs hold images).
+        JobsCore's batch spec validator."""
+        if spec.HasField("export"):
+            raise InvalidArgument.for_field(
+                "spec.export", "set by the gateway only, from spec.model_version_id"
+            )
+        checked = check_batch_spec(spec, tenant_id=require_principal().tenant_id, job_id=job_id)
+        metadata: tuple[tuple[str, str], ...] | None = None
+        if checked.model_version_id:
+            resolved = await self._resolve_export(
+                model_version_id=checked.model_version_id, field_prefix="spec."
+            )
+            checked.export.CopyFrom(resolved.result)
+            metadata = self._resolved_export_call()
+        response: inference_pb2.ValidateBatchSpecResponse = await self._stub.ValidateBatchSpec(
+            inference_pb2.ValidateBatchSpecRequest(spec=checked), metadata=metadata
+        )
+        validated = response.spec
+        if checked.HasField("export"):
+            # What the gateway resolved is what runs, whatever the service echoes.
+            validated.export.CopyFrom(checked.export)
+        return validated

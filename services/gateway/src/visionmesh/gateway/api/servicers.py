@@ -35,6 +35,23 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
     ) -> jobs_pb2.CreateExportJobResponse:
         return jobs_pb2.CreateExportJobResponse(job=await self._core.create_export_job(request))
 
+    async def CreateBatchInputUpload(
+        self, request: jobs_pb2.CreateBatchInputUploadRequest, context: Any
+    ) -> jobs_pb2.CreateBatchInputUploadResponse:
+        return await self._core.create_batch_input_upload(request)
+
+    async def CreateBatchInferenceJob(
+        self, request: jobs_pb2.CreateBatchInferenceJobRequest, context: Any
+    ) -> jobs_pb2.CreateBatchInferenceJobResponse:
+        return jobs_pb2.CreateBatchInferenceJobResponse(
+            job=await self._core.create_batch_inference_job(request)
+        )
+
+    async def ListBatchInferenceResults(
+        self, request: jobs_pb2.ListBatchInferenceResultsRequest, context: Any
+    ) -> jobs_pb2.ListBatchInferenceResultsResponse:
+        return await self._core.list_batch_inference_results(request)
+
     async def GetJob(
         self, request: jobs_pb2.GetJobRequest, context: Any
     ) -> jobs_pb2.GetJobResponse:

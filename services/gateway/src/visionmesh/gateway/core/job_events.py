@@ -13,10 +13,12 @@ from visionmesh.api.common.v1 import artifact_pb2, job_pb2
 from visionmesh.api.events.v1 import events_pb2
 from visionmesh.api.export.v1 import export_pb2
 from visionmesh.api.gateway.v1 import jobs_pb2
+from visionmesh.api.inference.v1 import inference_pb2
 from visionmesh.common.db import Database
 from visionmesh.common.events import EventBus
 from visionmesh.common.logging import get_logger
 from visionmesh.common.subjects import JOB_EVENTS_STREAM, JOB_EVENTS_SUBJECTS
+from visionmesh.common.tenancy import tenant_root
 from visionmesh.gateway.core import convert, states
 from visionmesh.gateway.core.jobs import JobWatchers, append_event, now, state_event
 from visionmesh.gateway.db import models as db
@@ -31,20 +33,35 @@ def _event_time(event: events_pb2.JobEvent) -> datetime:
 _MAX_KEY_LENGTH = 512  # db.Artifact.key
 
 
+def _artifact_prefixes(job: db.Job) -> list[str]:
+    """Where the job's worker may upload: its own prefix, and for a batch inference job the
+    output prefix its spec names in its tenant's area (the results the user asked for)."""
+    prefixes = [f"jobs/{job.id}/"]
+    if job.kind == job_pb2.JOB_KIND_BATCH_INFERENCE:
+        spec = json_format.Parse(
+            job.spec_json, inference_pb2.BatchInferenceSpec(), ignore_unknown_fields=True
+        )
+        if spec.output_prefix:
+            # Checked at intake (check_batch_spec): a relative prefix inside the tenant.
+            prefixes.append(tenant_root(job.tenant_id) + spec.output_prefix)
+    return prefixes
+
+
 def _owned_key(job: db.Job, key: str) -> bool:
     """True when `key` lies under the job's own artifact prefix, without path tricks.
 
     Workers report keys and the gateway presigns them for the job's tenant, so a key
-    outside `jobs/{job.id}/` (the prefix JobsCore hands the worker) would let a worker, or
+    outside `jobs/{job.id}/` (the prefix JobsCore hands the worker; see
+    `_artifact_prefixes` for batch inference results) would let a worker, or
     whoever can publish job events, expose any object in the bucket: another tenant's
     dataset or model. Empty, `.` and `..` segments are refused, as are backslashes and
     control characters, since clients and proxies may normalise them into another key.
     A key longer than the column would fail the insert on every redelivery.
     """
-    prefix = f"jobs/{job.id}/"
+    prefix = next((p for p in _artifact_prefixes(job) if key.startswith(p)), "")
     rest = key.removeprefix(prefix)
     ok = (
-        key.startswith(prefix)
+        bool(prefix)
         and bool(rest)
         and len(key) <= _MAX_KEY_LENGTH
         and "\\" not in rest

@@ -10,7 +10,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 from google.protobuf import json_format
 from google.protobuf.message import Message
@@ -21,17 +21,25 @@ from visionmesh.api.common.v1 import artifact_pb2, job_pb2, metric_pb2
 from visionmesh.api.events.v1 import events_pb2
 from visionmesh.api.export.v1 import export_pb2
 from visionmesh.api.gateway.v1 import jobs_pb2
+from visionmesh.api.inference.v1 import inference_pb2
 from visionmesh.api.training.v1 import training_pb2
 from visionmesh.common.auth import Principal, require_principal
 from visionmesh.common.db import Database
-from visionmesh.common.errors import FailedPrecondition, InvalidArgument, NotFound
+from visionmesh.common.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from visionmesh.common.events import EventBus
 from visionmesh.common.logging import get_logger
 from visionmesh.common.specs.export import UNCONFIRMED_CAPABILITIES, check_export_spec
 from visionmesh.common.specs.training import check_spec
 from visionmesh.common.storage import ObjectStore
 from visionmesh.common.subjects import job_control_subject, job_request_subject
+from visionmesh.common.tenancy import tenant_key
 from visionmesh.gateway.core import convert, states
+from visionmesh.gateway.core.batch_results import (
+    DEFAULT_RESULTS_PAGE_SIZE,
+    BatchResultsReader,
+    decode_page_token,
+    encode_page_token,
+)
 from visionmesh.gateway.core.datasets import DatasetsCore, PinnedSnapshot
 from visionmesh.gateway.core.paging import newest_first, page_size, split_page
 from visionmesh.gateway.db import models as db
@@ -44,6 +52,27 @@ SpecValidator = Callable[[training_pb2.TrainingSpec, str], Awaitable[training_pb
 ExportSpecValidator = Callable[[export_pb2.ValidateSpecRequest], Awaitable[export_pb2.ExportSpec]]
 """Checks an export spec for a model (framework, task, imgsz in the request) and returns it
 with defaults filled in; raises InvalidArgument / FailedPrecondition naming the fields."""
+
+
+class BatchSpecValidator(Protocol):
+    """Checks a batch inference spec for a job (the shared rules, then the inference
+    service) and returns it with defaults filled in and spec.export resolved."""
+
+    def __call__(
+        self, spec: inference_pb2.BatchInferenceSpec, *, job_id: str = ""
+    ) -> Awaitable[inference_pb2.BatchInferenceSpec]: ...
+
+
+async def no_inference_service(
+    spec: inference_pb2.BatchInferenceSpec, *, job_id: str = ""
+) -> inference_pb2.BatchInferenceSpec:
+    """Without an inference service nothing can say whether a deployment exists."""
+    raise Unavailable("no inference service is configured to check batch inference specs")
+
+
+BATCH_INPUTS_PREFIX = "batch-inputs/"
+"""Where CreateBatchInputUpload puts a fresh input area, in the caller's tenant."""
+BATCH_INPUT_ZIP = "inputs.zip"
 
 _FALLBACK_POLL_SECONDS = 20.0
 _FEED_BUFFER = 1024
@@ -470,11 +499,12 @@ def _new_job(
     snapshot_id: str = "",
     model_name: str = "",
     model_version_id: str = "",
+    job_id: str = "",
 ) -> db.Job:
     """A PENDING job row of the caller's tenant running the validated `spec`."""
     created = now()
     return db.Job(
-        id=db.new_id(),
+        id=job_id or db.new_id(),
         tenant_id=principal.tenant_id,
         kind=kind,
         state=states.PENDING,
@@ -527,6 +557,7 @@ class JobsCore:
         watchers: JobWatchers,
         validate_training_spec: SpecValidator | None = None,
         validate_export_spec: ExportSpecValidator | None = None,
+        validate_batch_spec: BatchSpecValidator = no_inference_service,
         outbox_wakeup: Callable[[], None] = lambda: None,
         presign_ttl: timedelta = timedelta(hours=1),
     ) -> None:
@@ -535,6 +566,8 @@ class JobsCore:
         self._datasets = datasets
         self._validate_training_spec = validate_training_spec or validate_training_spec_locally
         self._validate_export_spec = validate_export_spec or validate_export_spec_locally
+        self._validate_batch_spec = validate_batch_spec
+        self._batch_results = BatchResultsReader(store)
         self._watchers = watchers
         if watchers.db is None:
             watchers.db = db
@@ -617,6 +650,83 @@ class JobsCore:
             imgsz=source.imgsz,
         )
         return await self._queue(job, events_pb2.JobRequest(export=work))
+
+    async def create_batch_input_upload(
+        self, request: jobs_pb2.CreateBatchInputUploadRequest
+    ) -> jobs_pb2.CreateBatchInputUploadResponse:
+        """Presigned PUT URLs under a fresh input prefix of the caller's tenant area."""
+        principal = require_principal()
+        if not request.file_names and not request.zip:
+            raise InvalidArgument.for_field(
+                "file_names", "name at least one file, or ask for a zip (zip: true)"
+            )
+        input_prefix = f"{BATCH_INPUTS_PREFIX}{uuid.uuid4().hex}/"
+        named = [(f"file_names[{i}]", name) for i, name in enumerate(request.file_names)]
+        if request.zip:
+            named.append(("zip", BATCH_INPUT_ZIP))
+        expires = self._presign_ttl
+        uploads = []
+        for field, name in named:
+            key = input_prefix + name
+            # The contract's pattern refuses "/" and "\"; this also refuses "." and "..".
+            store_key = tenant_key(principal.tenant_id, key, field=field)
+            url = await self._store.presigned_put(store_key, expires=expires)
+            uploads.append(jobs_pb2.UploadUrl(file_name=name, key=key, url=url))
+        return jobs_pb2.CreateBatchInputUploadResponse(
+            input_prefix=input_prefix,
+            uploads=uploads,
+            expires_in=int(expires.total_seconds()),
+        )
+
+    async def create_batch_inference_job(
+        self, request: jobs_pb2.CreateBatchInferenceJobRequest
+    ) -> job_pb2.Job:
+        """Queues a batch inference job once the inference service accepts its spec."""
+        principal = require_principal()
+        job_id = db.new_id()
+        spec = await self._validate_batch_spec(request.spec, job_id=job_id)
+        job = _new_job(
+            principal,
+            kind=job_pb2.JOB_KIND_BATCH_INFERENCE,
+            spec=spec,
+            model_version_id=spec.model_version_id,
+            job_id=job_id,
+        )
+        work = events_pb2.BatchInferenceJobRequest(spec=spec, artifact_prefix=_artifact_prefix(job))
+        return await self._queue(job, events_pb2.JobRequest(batch_inference=work))
+
+    async def list_batch_inference_results(
+        self, request: jobs_pb2.ListBatchInferenceResultsRequest
+    ) -> jobs_pb2.ListBatchInferenceResultsResponse:
+        """A page of a batch inference job's results, as far as its worker has written them."""
+        async with self._db.session() as session:
+            job = await self._job_row(session, request.id)
+            kind, state, tenant_id = job.kind, job.state, job.tenant_id
+            spec_json = job.spec_json
+        if kind != job_pb2.JOB_KIND_BATCH_INFERENCE:
+            raise InvalidArgument.for_field(
+                "id",
+                f"job {request.id} is a {job_pb2.JobKind.Name(kind)}, not a batch inference job",  # type: ignore[arg-type]
+            )
+        offset = decode_page_token(request.id, request.page_token)
+        spec = json_format.Parse(
+            spec_json, inference_pb2.BatchInferenceSpec(), ignore_unknown_fields=True
+        )
+        root = tenant_key(tenant_id, spec.output_prefix, field="spec.output_prefix", prefix=True)
+        page = await self._batch_results.page(
+            root, offset=offset, size=request.page_size or DEFAULT_RESULTS_PAGE_SIZE
+        )
+        following = page.next_offset
+        if following is None and state not in states.TERMINAL:
+            # More results may come: the caller asks again from where this page ended.
+            following = offset + len(page.results)
+        return jobs_pb2.ListBatchInferenceResultsResponse(
+            results=page.results,
+            next_page_token=encode_page_token(request.id, following)
+            if following is not None
+            else "",
+            total=page.total,
+        )
 
     async def _queue(self, job: db.Job, request: events_pb2.JobRequest) -> job_pb2.Job:
         """Stores the new `job` with its first event and its outbox `request` (the

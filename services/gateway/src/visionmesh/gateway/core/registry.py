@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import timedelta
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 from visionmesh.api.common.v1 import artifact_pb2
+from visionmesh.api.export.v1 import export_pb2
 from visionmesh.api.gateway.v1 import models_pb2
 from visionmesh.common.auth import require_principal
 from visionmesh.common.db import Database
@@ -27,6 +29,85 @@ EXPORT_FILES: Mapping[str, str] = {
 }
 """GetExportDownloadUrlRequest.file -> the ExportResult field naming that file."""
 DEFAULT_EXPORT_FILE = "package"
+
+
+@dataclass(frozen=True, slots=True)
+class ResolvedExport:
+    """A successful export of the caller's tenant, as a deployment or batch job serves it."""
+
+    job_id: str
+    model_version_id: str
+    result: export_pb2.ExportResult
+
+
+def _not_found(field: str, resource_type: str, resource_id: str, why: str) -> NotFound:
+    return NotFound(
+        f"{field}: {why}",
+        resource_type=resource_type,
+        resource_id=resource_id,
+        metadata={"field": field},
+    )
+
+
+async def resolve_export(
+    database: Database,
+    tenant_id: str,
+    *,
+    model_version_id: str = "",
+    export_job_id: str = "",
+    field_prefix: str = "",
+) -> ResolvedExport:
+    """The newest successful export of a model version, or an export job's result, within
+    `tenant_id`. NOT_FOUND names the field (`model_version_id`, `export_job_id`, with
+    `field_prefix`): also for another tenant's, so their existence does not leak."""
+    if bool(model_version_id) == bool(export_job_id):
+        raise ValueError("give exactly one of model_version_id and export_job_id")
+    async with database.session() as session:
+        if model_version_id:
+            field = f"{field_prefix}model_version_id"
+            version = await session.get(db.ModelVersion, model_version_id)
+            if version is None or version.tenant_id != tenant_id:
+                raise _not_found(
+                    field,
+                    "ModelVersion",
+                    model_version_id,
+                    f"model version {model_version_id!r} not found",
+                )
+            row = await session.scalar(
+                select(db.Export)
+                .where(
+                    db.Export.model_version_id == model_version_id, db.Export.tenant_id == tenant_id
+                )
+                .order_by(db.Export.created_at.desc(), db.Export.id.desc())
+                .limit(1)
+            )
+            if row is None:
+                raise _not_found(
+                    field,
+                    "Export",
+                    model_version_id,
+                    f"model version {model_version_id!r} has no successful export; "
+                    "export it first (visionmesh export)",
+                )
+        else:
+            field = f"{field_prefix}export_job_id"
+            row = await session.scalar(
+                select(db.Export).where(
+                    db.Export.job_id == export_job_id, db.Export.tenant_id == tenant_id
+                )
+            )
+            if row is None:
+                raise _not_found(
+                    field,
+                    "Export",
+                    export_job_id,
+                    f"no successful export job {export_job_id!r}",
+                )
+        return ResolvedExport(
+            job_id=row.job_id,
+            model_version_id=row.model_version_id,
+            result=export_pb2.ExportResult.FromString(row.result),
+        )
 
 
 class RegistryCore:
@@ -80,6 +161,18 @@ class RegistryCore:
                 raise NotFound(resource_type="ModelVersion", resource_id=version_id)
             (version,) = await _versions(session, [row])
             return version
+
+    async def resolve_export(
+        self, *, model_version_id: str = "", export_job_id: str = "", field_prefix: str = ""
+    ) -> ResolvedExport:
+        """`resolve_export` in the caller's tenant."""
+        return await resolve_export(
+            self._db,
+            require_principal().tenant_id,
+            model_version_id=model_version_id,
+            export_job_id=export_job_id,
+            field_prefix=field_prefix,
+        )
 
     async def _export_row(self, session: AsyncSession, export_id: str) -> db.Export:
         principal = require_principal()

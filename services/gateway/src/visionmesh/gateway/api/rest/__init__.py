@@ -13,8 +13,19 @@ from visionmesh.gateway.api.rest._openapi import (
 from visionmesh.gateway.api.rest._routes import HttpRoute, RouteConflictError, http_routes
 from visionmesh.gateway.api.rest._server import RestServer, serve_rest
 from visionmesh.gateway.api.rest._template import PathTemplate, PathTemplateError, parse_template
+from visionmesh.gateway.api.rest._uploads import (
+    MAX_PREDICT_IMAGE_BYTES,
+    MAX_PREDICT_IMAGES,
+    PREDICT_UPLOAD,
+    FileUpload,
+    parse_multipart,
+)
 
 __all__ = [
+    "MAX_PREDICT_IMAGES",
+    "MAX_PREDICT_IMAGE_BYTES",
+    "PREDICT_UPLOAD",
+    "FileUpload",
     "HttpRoute",
     "OpenApiInfo",
     "PathTemplate",
@@ -29,6 +40,7 @@ __all__ = [
     "build_openapi",
     "comments_from_descriptor_set",
     "http_routes",
+    "parse_multipart",
     "parse_template",
     "query_parameters",
     "serve_rest",

@@ -46,6 +46,7 @@ from visionmesh.gateway.api.rest._context import RestCallContext
 from visionmesh.gateway.api.rest._json import message_encoder
 from visionmesh.gateway.api.rest._openapi import OpenApiInfo, build_openapi
 from visionmesh.gateway.api.rest._routes import HttpRoute, http_routes
+from visionmesh.gateway.api.rest._uploads import FileUpload, document_upload
 
 __all__ = ["ReadinessCheck", "RestConfig", "RestTranscoder"]
 
@@ -82,6 +83,9 @@ class RestConfig:
     """Check buf.validate rules (`validate_message`, as the gRPC server does) before the call."""
     readiness_timeout_seconds: float = 5.0
     openapi: OpenApiInfo = field(default_factory=OpenApiInfo)
+    file_uploads: tuple[FileUpload, ...] = ()
+    """Routes that also take files (multipart/form-data or a raw file body), with their own
+    body limit; see `FileUpload`."""
 
 
 def _dumps(data: Any) -> bytes:
@@ -118,11 +122,13 @@ class _Endpoint:
         "chain",
         "full_method",
         "handler",
+        "max_body_bytes",
         "public",
         "response_descriptor",
         "response_field",
         "route",
         "sequence_field",
+        "upload",
         "validate",
     )
 
@@ -134,6 +140,8 @@ class _Endpoint:
         pipeline: RequestPipeline,
         public: bool,
         validate: bool,
+        max_body_bytes: int,
+        upload: FileUpload | None = None,
     ) -> None:
         handler = getattr(servicer, route.method.name, None)
         if handler is None or not callable(handler):
@@ -142,6 +150,10 @@ class _Endpoint:
         self.full_method = route.full_method
         self.handler: Callable[[Message, RestCallContext], Any] = handler
         self.binder = RequestBinder(route)
+        self.upload = upload.compile(route.method.input_type) if upload is not None else None
+        self.max_body_bytes = (
+            max(max_body_bytes, upload.max_body_bytes) if upload is not None else max_body_bytes
+        )
         self.public = public
         self.validate = validate and _has_rules(route.method.input_type)
         self.chain: MethodChain = pipeline.method(
@@ -271,6 +283,10 @@ class RestTranscoder:
         pairs = list(services)
         self.routes: tuple[HttpRoute, ...] = tuple(http_routes(d for d, _ in pairs))
         servicer_by_service = {d.full_name: s for d, s in pairs}
+        uploads = {upload.method: upload for upload in self.config.file_uploads}
+        unknown_uploads = set(uploads) - {route.full_method for route in self.routes if route.body}
+        if unknown_uploads:
+            raise ValueError(f"file uploads for no route with a body: {sorted(unknown_uploads)}")
         endpoints = [
             _Endpoint(
                 route,
@@ -278,6 +294,8 @@ class RestTranscoder:
                 pipeline=pipeline,
                 public=authenticator is None or authenticator.is_public(route.full_method),
                 validate=self.config.validate_requests,
+                max_body_bytes=self.config.max_body_bytes,
+                upload=uploads.get(route.full_method),
             )
             for route in self.routes
         ]
@@ -325,6 +343,15 @@ class RestTranscoder:
         self.openapi_document = build_openapi(
             self.routes, info=self.config.openapi, public_methods=public, comments=comments
         )
+        for endpoint in endpoints:
+            if endpoint.upload is not None:
+                route = endpoint.route
+                path = self.openapi_document["paths"][route.template.openapi_path()]
+                document_upload(
+                    path[route.http_method.lower()],
+                    endpoint.upload.upload,
+                    route.method.input_type,
+                )
         self._openapi_bytes = _dumps(self.openapi_document)
 
     # --- ASGI ----------------------------------------------------------------------------
@@ -462,10 +489,20 @@ class RestTranscoder:
         async def bind() -> Message:
             # The pipeline calls this after authentication: the body of an unauthenticated
             # caller is never read, so it learns nothing about the schema from errors.
-            body = await self._read_body(receive, metadata) if route.body else b""
+            body = (
+                await self._read_body(receive, metadata, endpoint.max_body_bytes)
+                if route.body
+                else b""
+            )
+            query_string: bytes = scope.get("query_string", b"")
+            content_type = metadata.get("content-type", "")
+            if endpoint.upload is not None and endpoint.upload.upload.accepts(content_type):
+                request = endpoint.binder.bind(path_values, b"", b"")
+                endpoint.upload.bind(request, body, content_type, query_string)
+                return request
             return endpoint.binder.bind(
                 path_values,
-                scope.get("query_string", b""),
+                query_string,
                 body,
                 metadata.get("last-event-id") if route.server_streaming else None,
             )
@@ -493,8 +530,7 @@ class RestTranscoder:
         )
         await send({"type": "http.response.body", "body": payload})
 
-    async def _read_body(self, receive: Receive, metadata: Mapping[str, str]) -> bytes:
-        limit = self.config.max_body_bytes
+    async def _read_body(self, receive: Receive, metadata: Mapping[str, str], limit: int) -> bytes:
         declared = metadata.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
             raise _too_large(limit)
