@@ -176,6 +176,8 @@ class OnnxRuntimeModel:
                 raise InvalidArgument.for_field(
                     spec.name, f"shape must be {list(spec.shape)}, got {list(value.shape)}"
                 )
+            if spec.datatype == "BYTES" and value.dtype.kind in "OS":
+                value = _as_text(spec.name, value)
             if rows is None:
                 rows = int(value.shape[0])
             elif value.shape[0] != rows:
@@ -191,6 +193,16 @@ class OnnxRuntimeModel:
                 raise InvalidArgument.for_field(spec.name, "batch is empty")
             feed[spec.name] = _pad_rows(value, self._fixed_batch)
         return feed, rows or 0
+
+
+def _as_text(name: str, value: Tensor) -> Tensor:
+    """String elements as str: ONNX Runtime would store bytes objects as their repr ("b'..'")."""
+    text = np.empty(value.size, dtype=np.object_)
+    try:
+        text[:] = [v.decode() if isinstance(v, bytes) else v for v in value.reshape(-1)]
+    except UnicodeDecodeError:
+        raise InvalidArgument.for_field(name, "string elements must be UTF-8 text") from None
+    return text.reshape(value.shape)
 
 
 def _providers(kind: str, device_id: int, asked: list[str], available: list[str]) -> list[Any]:
