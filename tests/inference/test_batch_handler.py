@@ -36,7 +36,13 @@ from visionmesh.inference.core.onnx_runtime import OnnxRuntimeModel
 from visionmesh.inference.core.package import metadata_dict
 from visionmesh.inference.worker.batch import BatchInferenceHandler, OpenModel, chunk_name
 
-from tests.models import export_package, export_target, yolo_checkpoint
+from tests.models import (
+    NAMES,
+    classifier_checkpoint,
+    export_package,
+    export_target,
+    yolo_checkpoint,
+)
 
 TENANT = "t"
 CHUNK = 4
@@ -100,6 +106,34 @@ def detector(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, 
 
 
 @pytest.fixture(scope="module")
+def segmenter_and_classifier(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> dict[str, tuple[dict[str, Any], Runtime]]:
+    """A confident YOLO11n-seg and a resnet18 classifier, exported at 64 px and loaded."""
+    tmp = tmp_path_factory.mktemp("others")
+    spec = export_pb2.ExportSpec(dynamic_batch=True, max_batch_size=8)
+    masks = export_package(
+        tmp / "seg",
+        yolo_checkpoint(tmp / "seg.pt", "yolo11n-seg.yaml", confident=True),
+        export_target(spec, "ultralytics", "segment", ()),
+        images=2,
+    )
+    labels = export_package(
+        tmp / "cls",
+        classifier_checkpoint(tmp / "cls.pt"),
+        export_target(spec, "torchvision", "classify", NAMES),
+        images=2,
+    )
+    return {
+        name: (
+            metadata_dict(package.metadata),
+            OnnxRuntimeModel(package.path(ONNX_FILE), device="cpu", threads=1, max_batch_size=8),
+        )
+        for name, package in (("masks", masks), ("labels", labels))
+    }
+
+
+@pytest.fixture(scope="module")
 def reference(
     detector: tuple[Path, dict[str, Any]],
     images: dict[str, bytes],
@@ -159,22 +193,32 @@ class CountingRuntime:
         await self._inner.close()
 
 
-def _deployments(detector: tuple[Path, dict[str, Any]], runtime: CountingRuntime) -> OpenModel:
-    """The tenant's one deployment "shapes" (what the service's deployments give a job)."""
-    model = LoadedModel(
-        tenant_id=TENANT,
-        name="shapes",
-        version="1",
-        metadata=detector[1],
-        runtime=runtime,
-        platform="onnxruntime_onnx",
-    )
+def _deployments(
+    detector: tuple[Path, dict[str, Any]],
+    runtime: CountingRuntime,
+    *,
+    others: Mapping[str, tuple[dict[str, Any], Runtime]] | None = None,
+) -> OpenModel:
+    """The tenant's deployments: "shapes" (the detector) and `others` (what the service's
+    deployments give a job)."""
+    models = {
+        name: LoadedModel(
+            tenant_id=TENANT,
+            name=name,
+            version="1",
+            metadata=metadata,
+            runtime=served,
+            platform="onnxruntime_onnx",
+        )
+        for name, (metadata, served) in {"shapes": (detector[1], runtime), **(others or {})}.items()
+    }
 
     @contextlib.asynccontextmanager
     async def open_model(
         tenant_id: str, spec: inference_pb2.BatchInferenceSpec
     ) -> AsyncIterator[LoadedModel]:
-        if tenant_id != model.tenant_id or spec.deployment != model.name:
+        model = models.get(spec.deployment)
+        if model is None or tenant_id != model.tenant_id:
             raise NotFound(resource_type="deployment", resource_id=spec.deployment)
         yield model
 
@@ -566,3 +610,71 @@ async def test_a_job_redelivered_after_a_crash_resumes_without_predicting_a_chun
     attempt_two = [e for e in events.by_job["resumed"] if e.attempt == 2]
     assert _progress(attempt_two) == [(0, 10), (4, 10), (8, 10), (10, 10)]
     assert sorted(_artifacts(attempt_two)) == sorted(whole)
+
+
+@pytest.mark.timeout(600)
+async def test_segment_masks_reach_coco_as_polygons_and_classifiers_write_json_lines_only(
+    object_store: ObjectStore,
+    tmp_path: Path,
+    detector: tuple[Path, dict[str, Any]],
+    images: dict[str, bytes],
+    segmenter_and_classifier: dict[str, tuple[dict[str, Any], Runtime]],
+) -> None:
+    await _upload(object_store, images)
+    handler = BatchInferenceHandler(
+        store=object_store,
+        open_model=_deployments(detector, _runtime(detector), others=segmenter_and_classifier),
+        work_root=tmp_path / "work",
+        max_image_bytes=1 << 20,
+        max_image_pixels=1 << 20,
+        chunk_size=CHUNK,
+    )
+    async with _mesh(tmp_path) as (bus, events), _running(_worker(bus, handler)):
+        await _publish(
+            bus,
+            _request("masks", deployment="masks", input_prefix="in/", output_prefix="masks/"),
+            _request("labels", deployment="labels", input_prefix="in/", output_prefix="labels/"),
+        )
+        await events.ended("masks", "labels")
+
+    for job_id in ("masks", "labels"):
+        end = events.end(job_id)
+        assert end is not None and end.state == job_pb2.JOB_STATE_SUCCEEDED, (job_id, end)
+
+    masks = f"tenants/{TENANT}/masks/"
+    results = [r for i in range(3) for r in await _lines(object_store, masks + chunk_name(i))]
+    coco = json.loads(await object_store.get_bytes(masks + "coco.json"))
+    annotations = iter(coco["annotations"])
+    outlined = 0
+    for result in results:
+        for detection in result.detections:
+            annotation = next(annotations)
+            polygon = [v for point in detection.polygon for v in (point.x, point.y)]
+            if len(detection.polygon) >= 3:
+                outlined += 1
+                (segmentation,) = annotation["segmentation"]
+                assert segmentation == pytest.approx(polygon, abs=1e-3)
+                # Every outline point lies in its image.
+                assert all(0 <= x <= result.width for x in segmentation[0::2])
+                assert all(0 <= y <= result.height for y in segmentation[1::2])
+            else:
+                assert annotation["segmentation"] == []
+    assert next(annotations, None) is None
+    assert outlined > 0
+
+    labels = f"tenants/{TENANT}/labels/"
+    # COCO has no form for image labels: a classifier's job writes the JSON Lines only.
+    assert sorted(await _outputs(object_store, labels)) == [chunk_name(i) for i in range(3)]
+    lines = [r for i in range(3) for r in await _lines(object_store, labels + chunk_name(i))]
+    assert [r.key for r in lines] == list(IMAGES)
+    for result in lines:
+        if result.key == BROKEN:
+            assert result.error.reason == "UNDECODABLE"
+            continue
+        assert [c.class_name for c in result.classifications] != []
+        assert len(result.classifications) == len(NAMES) and not result.detections
+        scores = [c.score for c in result.classifications]
+        assert scores == sorted(scores, reverse=True) and sum(scores) == pytest.approx(1, abs=1e-4)
+    assert _artifacts(events.by_job["labels"]) == {
+        chunk_name(i): labels + chunk_name(i) for i in range(3)
+    }
