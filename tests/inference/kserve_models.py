@@ -223,6 +223,17 @@ class Tokens:
         return {"authorization": f"Bearer {token}"}
 
 
+class BearerPlugin:
+    """A tritonclient plugin adding the authorization header to every request: how a
+    client that builds its own tritonclient (Ultralytics' TritonRemoteModel) gets a token."""
+
+    def __init__(self, headers: dict[str, str]) -> None:
+        self.headers = headers
+
+    def __call__(self, request: Any) -> None:
+        request.headers = {**(request.headers or {}), **self.headers}
+
+
 class LoopThread:
     """An asyncio loop on its own thread; `run` waits for a coroutine on it."""
 

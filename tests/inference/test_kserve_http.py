@@ -31,6 +31,7 @@ from tests.inference.kserve_models import (
     MEMBER,
     OUTSIDER,
     ULTRALYTICS_METADATA,
+    BearerPlugin,
     LoopThread,
     TenantModels,
     Tokens,
@@ -475,16 +476,6 @@ async def test_aio_client(served: Served) -> None:
         await client.close()
 
 
-class _Bearer:
-    """A tritonclient plugin: adds the authorization header to every request."""
-
-    def __init__(self, headers: dict[str, str]) -> None:
-        self.headers = headers
-
-    def __call__(self, request: Any) -> None:
-        request.headers.update(self.headers)
-
-
 def test_ultralytics_triton_remote_model(served: Served, monkeypatch: pytest.MonkeyPatch) -> None:
     """TritonRemoteModel builds its own tritonclient; a client plugin gives it our token."""
     from ultralytics.utils.triton import TritonRemoteModel
@@ -494,7 +485,7 @@ def test_ultralytics_triton_remote_model(served: Served, monkeypatch: pytest.Mon
     class AuthenticatedClient(httpclient.InferenceServerClient):  # type: ignore[misc]
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
-            self.register_plugin(_Bearer(headers))
+            self.register_plugin(BearerPlugin(headers))
 
     monkeypatch.setattr(httpclient, "InferenceServerClient", AuthenticatedClient)
     model = TritonRemoteModel(f"http://{served.url}/tiny")
