@@ -1,0 +1,500 @@
+"""InferenceService through the real gateway: delegated tokens, exports resolved in the
+caller's tenant, Predict with file uploads over REST, and UNAVAILABLE without a service.
+
+The inference service answering here is a small gRPC servicer behind the real server stack
+(token verification for audience "inference", validation, error mapping): it records what
+the gateway forwards and keeps deployments per tenant, as the real service does.
+"""
+
+from __future__ import annotations
+
+import base64
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+import jwt
+import pytest
+import pytest_asyncio
+from visionmesh.api.inference.v1 import inference_pb2, inference_pb2_grpc
+from visionmesh.common.auth import (
+    Principal,
+    ServiceTokenSigner,
+    ServiceTokenVerifier,
+    bind_principal,
+    generate_signing_key,
+    private_key_pem,
+    public_key_pem,
+    require_principal,
+)
+from visionmesh.common.embedded import NatsServer
+from visionmesh.common.errors import (
+    FieldViolation,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    Unauthenticated,
+    from_rpc_error,
+)
+from visionmesh.common.rpc import GrpcServer
+from visionmesh.common.specs.batch_inference import RESOLVED_EXPORT_SCOPE
+from visionmesh.gateway.api.rest import MAX_PREDICT_IMAGE_BYTES, MAX_PREDICT_IMAGES
+from visionmesh.gateway.core.delegation import DelegatedTokens
+from visionmesh.inference.config import InferenceSettings
+
+from tests.gateway.conftest import GatewayFactory, GatewayHarness, dead_address
+from tests.gateway.test_export_jobs import (
+    apply_exported,
+    create_export,
+    export_result,
+    other_tenant,
+    register_version,
+    rest_fields,
+    tenant_of,
+)
+
+JPEG = b"\xff\xd8\xff\xe0 not really a jpeg"
+PNG = b"\x89PNG\r\n\x1a\n not really a png"
+
+
+@dataclass
+class Call:
+    method: str
+    request: Any
+    principal: Principal
+
+
+@dataclass
+class RecordingInference(inference_pb2_grpc.InferenceServiceServicer):
+    """Deployments per tenant; a given export only with the gateway's scope."""
+
+    calls: list[Call] = field(default_factory=list)
+    deployments: dict[tuple[str, str], inference_pb2.Deployment] = field(default_factory=dict)
+
+    def _record(self, method: str, request: Any) -> Principal:
+        principal = require_principal()
+        self.calls.append(Call(method, request, principal))
+        return principal
+
+    def last(self, method: str) -> Call:
+        return [c for c in self.calls if c.method == method][-1]
+
+    def _deployment(self, tenant_id: str, name: str, field: str) -> inference_pb2.Deployment:
+        found = self.deployments.get((tenant_id, name))
+        if found is None:
+            raise NotFound(f"{field}: no deployment {name!r}", resource_type="Deployment")
+        return found
+
+    async def LoadModel(self, request: Any, context: Any) -> inference_pb2.LoadModelResponse:
+        principal = self._record("LoadModel", request)
+        if request.HasField("export") and not principal.has_scope(RESOLVED_EXPORT_SCOPE):
+            raise PermissionDenied("export is accepted from the gateway only")
+        deployment = inference_pb2.Deployment(
+            name=request.name,
+            tenant_id=principal.tenant_id,
+            model_version_id=request.export.model_version_id,
+            export_job_id=request.resolved_export_job_id,
+            backend=request.backend or "onnxruntime",
+            state=inference_pb2.DEPLOYMENT_STATE_LOADING,
+        )
+        self.deployments[(principal.tenant_id, request.name)] = deployment
+        return inference_pb2.LoadModelResponse(deployment=deployment)
+
+    async def UnloadModel(self, request: Any, context: Any) -> inference_pb2.UnloadModelResponse:
+        principal = self._record("UnloadModel", request)
+        deployment = self._deployment(principal.tenant_id, request.name, "name")
+        del self.deployments[(principal.tenant_id, request.name)]
+        return inference_pb2.UnloadModelResponse(deployment=deployment)
+
+    async def ListDeployments(
+        self, request: Any, context: Any
+    ) -> inference_pb2.ListDeploymentsResponse:
+        principal = self._record("ListDeployments", request)
+        mine = [d for (t, _), d in sorted(self.deployments.items()) if t == principal.tenant_id]
+        return inference_pb2.ListDeploymentsResponse(deployments=mine)
+
+    async def GetDeployment(
+        self, request: Any, context: Any
+    ) -> inference_pb2.GetDeploymentResponse:
+        principal = self._record("GetDeployment", request)
+        deployment = self._deployment(principal.tenant_id, request.name, "name")
+        return inference_pb2.GetDeploymentResponse(deployment=deployment)
+
+    async def Predict(self, request: Any, context: Any) -> inference_pb2.PredictResponse:
+        principal = self._record("Predict", request)
+        self._deployment(principal.tenant_id, request.deployment, "deployment")
+        return inference_pb2.PredictResponse(
+            deployment=request.deployment,
+            task="detect",
+            # The image's size stands in for its decoded width: the bytes arrived whole.
+            results=[inference_pb2.ImageResult(width=len(i.data)) for i in request.images],
+        )
+
+    async def ValidateBatchSpec(
+        self, request: Any, context: Any
+    ) -> inference_pb2.ValidateBatchSpecResponse:
+        principal = self._record("ValidateBatchSpec", request)
+        spec = request.spec
+        if spec.deployment:
+            self._deployment(principal.tenant_id, spec.deployment, "spec.deployment")
+        elif not principal.has_scope(RESOLVED_EXPORT_SCOPE) or not spec.HasField("export"):
+            raise InvalidArgument(
+                "spec.export: missing", field_violations=[FieldViolation("spec.export", "missing")]
+            )
+        return inference_pb2.ValidateBatchSpecResponse(spec=spec)
+
+
+@dataclass
+class InferenceHarness:
+    gateway: GatewayHarness
+    service: RecordingInference
+
+
+async def start_inference_server(
+    tmp: Path, public_pem: bytes, service: RecordingInference
+) -> GrpcServer:
+    settings = InferenceSettings(
+        grpc_port=0,
+        nats_url="nats://unused:4222",
+        s3_endpoint="unused:9000",
+        s3_access_key="unused",
+        s3_secret_key="unused",
+        data_dir=tmp,
+    )
+    server = GrpcServer(
+        settings=settings,
+        authenticator=ServiceTokenVerifier.from_pem([public_pem], audience="inference"),
+    )
+    server.add_service(
+        inference_pb2_grpc.add_InferenceServiceServicer_to_server,
+        service,
+        service_name="visionmesh.inference.v1.InferenceService",
+    )
+    await server.start()
+    return server
+
+
+@pytest_asyncio.fixture
+async def served(
+    make_gateway: GatewayFactory, nats_server: NatsServer, database_url: str, tmp_path: Path
+) -> AsyncIterator[InferenceHarness]:
+    key = generate_signing_key()
+    key_file = tmp_path / "gateway-signing.pem"
+    key_file.write_bytes(private_key_pem(key))
+    key_file.chmod(0o600)
+    service = RecordingInference()
+    server = await start_inference_server(tmp_path, public_key_pem(key.public_key()), service)
+    try:
+        harness = await make_gateway(
+            nats_url=nats_server.url,
+            database_url=database_url,
+            signing_key_file=key_file,
+            inference_addr=f"127.0.0.1:{server.port}",
+        )
+        yield InferenceHarness(gateway=harness, service=service)
+    finally:
+        await server.stop(0)
+
+
+async def exported_version(harness: GatewayHarness, token: str) -> tuple[str, list[str]]:
+    """A model version with two successful exports; its id and the export job ids, oldest
+    first."""
+    async with harness.http(token) as client:
+        version_id = await register_version(harness, await tenant_of(client))
+        jobs = []
+        for _ in range(2):
+            job = await create_export(client, version_id)
+            assert await apply_exported(harness, job, export_result(job["id"], version_id))
+            jobs.append(job["id"])
+    return version_id, jobs
+
+
+# -- delegated tokens -------------------------------------------------------------------------
+
+
+def test_delegated_tokens_speak_for_the_caller_and_are_reused_until_near_expiry() -> None:
+    signer = ServiceTokenSigner(private_key=generate_signing_key())
+    verifier = ServiceTokenVerifier(public_keys=(signer.public_key,), audience="inference")
+    now = [time.time()]
+    tokens = DelegatedTokens(
+        signer, audience="inference", ttl_seconds=300, renew_before_seconds=60, clock=lambda: now[0]
+    )
+    alice = Principal(
+        subject="alice", tenant_id="t-1", role="member", kind="user", scopes=("gateway:forged",)
+    )
+    with pytest.raises(Unauthenticated):
+        tokens()
+    with bind_principal(alice):
+        first = tokens()
+        claims = verifier.verify(first)
+        # Her identity, without a "gateway:" scope she may have smuggled in.
+        assert claims == Principal(subject="alice", tenant_id="t-1", role="member", kind="user")
+        now[0] += 200
+        assert tokens() == first
+        scoped = tokens.token(extra_scopes=(RESOLVED_EXPORT_SCOPE,))
+        scoped_claims = jwt.decode(scoped, options={"verify_signature": False})
+        assert scoped != first and scoped_claims["scope"] == RESOLVED_EXPORT_SCOPE
+        now[0] += 41  # less than 60 s of life left: a new token
+        renewed = tokens()
+        renewed_claims = jwt.decode(renewed, options={"verify_signature": False})
+        assert renewed != first and renewed_claims["sub"] == "alice"
+        assert renewed_claims["iat"] == int(now[0])
+    now[0] = time.time()
+    bob = Principal(subject="bob", tenant_id="t-2", role="admin", kind="api_key")
+    with bind_principal(bob):
+        assert verifier.verify(tokens()) == bob
+    wrong_audience = ServiceTokenVerifier(public_keys=(signer.public_key,), audience="training")
+    with pytest.raises(Unauthenticated):
+        wrong_audience.verify(first)
+
+
+# -- deployments --------------------------------------------------------------------------------
+
+
+async def test_load_model_forwards_the_newest_export_of_the_callers_tenant(
+    served: InferenceHarness,
+) -> None:
+    harness, service = served.gateway, served.service
+    token = await harness.signup_and_login("deployer")
+    version_id, export_jobs = await exported_version(harness, token)
+    async with harness.http(token) as client:
+        tenant_id = await tenant_of(client)
+        response = await client.post(
+            "/v1/deployments", json={"name": "dets", "modelVersionId": version_id, "replace": True}
+        )
+        assert response.status_code == 200, response.text
+        assert response.json()["deployment"]["exportJobId"] == export_jobs[-1]
+        call = service.last("LoadModel")
+        assert call.request.WhichOneof("source") == "export"
+        assert call.request.export.model_version_id == version_id
+        assert call.request.export.onnx.key == f"jobs/{export_jobs[-1]}/model.onnx"
+        assert call.request.resolved_export_job_id == export_jobs[-1]
+        assert call.request.replace and call.request.name == "dets"
+        assert call.principal.tenant_id == tenant_id and call.principal.role == "admin"
+        assert call.principal.scopes == (RESOLVED_EXPORT_SCOPE,)
+
+        # An older export job by its id.
+        by_job = await client.post(
+            "/v1/deployments", json={"name": "old", "exportJobId": export_jobs[0]}
+        )
+        assert by_job.status_code == 200, by_job.text
+        assert service.last("LoadModel").request.export.onnx.key.startswith(
+            f"jobs/{export_jobs[0]}/"
+        )
+
+        # Reads go on with her identity, without the gateway's scope.
+        listed = (await client.get("/v1/deployments")).json()["deployments"]
+        assert [d["name"] for d in listed] == ["dets", "old"]
+        assert service.last("ListDeployments").principal.scopes == ()
+        got = await client.get("/v1/deployments/dets")
+        assert got.json()["deployment"]["state"] == "DEPLOYMENT_STATE_LOADING"
+        deleted = await client.delete("/v1/deployments/old")
+        assert deleted.status_code == 200, deleted.text
+        assert (await client.get("/v1/deployments/old")).status_code == 404
+
+        # Only the gateway gives an export.
+        forged = await client.post(
+            "/v1/deployments", json={"name": "x", "export": {"modelVersionId": version_id}}
+        )
+        assert forged.status_code == 400, forged.text
+        assert rest_fields(forged.json()) == ["export"]
+
+    other = await other_tenant(harness, token, "outsider")
+    async with harness.http(other) as client:
+        for body, field in (
+            ({"name": "steal", "modelVersionId": version_id}, "model_version_id"),
+            ({"name": "steal", "modelVersionId": "no-such-version"}, "model_version_id"),
+            ({"name": "steal", "exportJobId": export_jobs[0]}, "export_job_id"),
+        ):
+            response = await client.post("/v1/deployments", json=body)
+            assert response.status_code == 404, response.text
+            assert response.json()["message"].startswith(f"{field}: ")
+            (info,) = [d for d in response.json()["details"] if "metadata" in d]
+            assert info["metadata"]["field"] == field
+        assert (await client.get("/v1/deployments")).json()["deployments"] == []
+        assert (await client.get("/v1/deployments/dets")).status_code == 404
+
+
+async def test_a_version_without_a_successful_export_is_not_found(served: InferenceHarness) -> None:
+    harness = served.gateway
+    token = await harness.signup_and_login()
+    async with harness.http(token) as client:
+        version_id = await register_version(harness, await tenant_of(client))
+        await create_export(client, version_id)  # queued, never finished
+        response = await client.post(
+            "/v1/deployments", json={"name": "dets", "modelVersionId": version_id}
+        )
+        assert response.status_code == 404, response.text
+        assert "no successful export" in response.json()["message"]
+    assert not served.service.calls
+
+
+# -- predict ------------------------------------------------------------------------------------
+
+
+async def _deployed(served: InferenceHarness) -> str:
+    harness = served.gateway
+    token = await harness.signup_and_login()
+    version_id, _ = await exported_version(harness, token)
+    async with harness.http(token) as client:
+        response = await client.post(
+            "/v1/deployments", json={"name": "dets", "modelVersionId": version_id}
+        )
+        assert response.status_code == 200, response.text
+    return token
+
+
+async def test_predict_takes_multipart_files_raw_images_and_json_alike(
+    served: InferenceHarness,
+) -> None:
+    harness, service = served.gateway, served.service
+    token = await _deployed(served)
+    async with harness.http(token) as client:
+        multipart = await client.post(
+            "/v1/deployments/dets:predict",
+            files=[
+                ("image", ("a.jpg", JPEG, "image/jpeg")),
+                ("image", ("b.png", PNG, "image/png")),
+            ],
+            data={"conf": "0.4", "classes": "0, 2", "agnostic": "true", "max_det": "7"},
+        )
+        assert multipart.status_code == 200, multipart.text
+        assert [r["width"] for r in multipart.json()["results"]] == [len(JPEG), len(PNG)]
+        request = service.last("Predict").request
+        assert [i.data for i in request.images] == [JPEG, PNG]
+        assert request.deployment == "dets"
+        assert request.options.conf == pytest.approx(0.4)
+        assert list(request.options.classes) == [0, 2]
+        assert request.options.agnostic and request.options.max_det == 7
+        assert not request.options.HasField("iou")
+
+        raw = await client.post(
+            "/v1/deployments/dets:predict?iou=0.5&imgsz=320",
+            content=PNG,
+            headers={"content-type": "image/png"},
+        )
+        assert raw.status_code == 200, raw.text
+        request = service.last("Predict").request
+        assert [i.data for i in request.images] == [PNG]
+        assert request.options.iou == pytest.approx(0.5) and request.options.imgsz == 320
+
+        as_json = await client.post(
+            "/v1/deployments/dets:predict",
+            json={"images": [{"data": base64.b64encode(JPEG).decode()}], "options": {"topK": 3}},
+        )
+        assert as_json.status_code == 200, as_json.text
+        assert service.last("Predict").request.options.top_k == 3
+
+
+async def test_bad_uploads_name_their_field_and_never_reach_the_service(
+    served: InferenceHarness,
+) -> None:
+    harness, service = served.gateway, served.service
+    token = await _deployed(served)
+    before = len(service.calls)
+    async with harness.http(token) as client:
+
+        async def fields(**kwargs: Any) -> list[str]:
+            response = await client.post("/v1/deployments/dets:predict", **kwargs)
+            assert response.status_code == 400, response.text
+            assert response.json()["status"] == "INVALID_ARGUMENT"
+            return rest_fields(response.json())
+
+        too_many = [
+            ("image", (f"{i}.jpg", JPEG, "image/jpeg")) for i in range(MAX_PREDICT_IMAGES + 1)
+        ]
+        assert await fields(files=too_many) == ["images"]
+        big = b"\xff" * (MAX_PREDICT_IMAGE_BYTES + 1)
+        assert await fields(
+            files=[
+                ("image", ("ok.jpg", JPEG, "image/jpeg")),
+                ("image", ("big.jpg", big, "image/jpeg")),
+            ]
+        ) == ["images[1].data"]
+        assert await fields(content=big, headers={"content-type": "image/jpeg"}) == [
+            "images[0].data"
+        ]
+        assert await fields(
+            files=[("image", ("a.jpg", JPEG, "image/jpeg"))], data={"conf": "1.5"}
+        ) == ["options.conf"]
+        assert await fields(
+            files=[("image", ("a.jpg", JPEG, "image/jpeg"))], data={"conf": "high"}
+        ) == ["options.conf"]
+        assert await fields(
+            files=[("image", ("a.jpg", JPEG, "image/jpeg"))], data={"colour": "red"}
+        ) == ["colour"]
+        form_only = b'--b1\r\ncontent-disposition: form-data; name="conf"\r\n\r\n0.5\r\n--b1--\r\n'
+        multipart = {"content-type": "multipart/form-data; boundary=b1"}
+        assert await fields(content=form_only, headers=multipart) == ["images"]
+        assert await fields(content=b"", headers={"content-type": "image/png"}) == [
+            "images[0].data"
+        ]
+        malformed = await client.post(
+            "/v1/deployments/dets:predict",
+            content=b"--nope\r\nno headers",
+            headers={"content-type": "multipart/form-data; boundary=nope"},
+        )
+        assert malformed.status_code == 400, malformed.text
+        reasons = [d.get("reason") for d in malformed.json()["details"]]
+        assert "MALFORMED_MULTIPART" in reasons
+
+    async with harness.http() as anonymous:
+        response = await anonymous.post(
+            "/v1/deployments/dets:predict", files=[("image", ("a.jpg", JPEG, "image/jpeg"))]
+        )
+        assert response.status_code == 401
+    assert len(service.calls) == before
+
+
+async def test_predict_over_grpc_through_the_gateway(served: InferenceHarness) -> None:
+    harness, service = served.gateway, served.service
+    token = await _deployed(served)
+    async with harness.channel() as channel:
+        stub = inference_pb2_grpc.InferenceServiceStub(channel)
+        response = await stub.Predict(
+            _predict_request(),
+            metadata=(("authorization", f"Bearer {token}"),),
+        )
+        assert [r.width for r in response.results] == [len(JPEG)]
+        with pytest.raises(grpc.aio.AioRpcError) as failure:
+            await stub.Predict(
+                inference_pb2.PredictRequest(deployment="nope", images=_predict_request().images),
+                metadata=(("authorization", f"Bearer {token}"),),
+            )
+        assert from_rpc_error(failure.value).status_name == "NOT_FOUND"
+    assert service.last("Predict").principal.scopes == ()
+
+
+def _predict_request() -> inference_pb2.PredictRequest:
+    from visionmesh.api.common.v1 import image_pb2
+
+    return inference_pb2.PredictRequest(deployment="dets", images=[image_pb2.Image(data=JPEG)])
+
+
+async def test_without_an_inference_service_calls_are_unavailable(
+    make_gateway: GatewayFactory, nats_server: NatsServer, database_url: str
+) -> None:
+    harness = await make_gateway(
+        nats_url=nats_server.url, database_url=database_url, inference_addr=dead_address()
+    )
+    token = await harness.signup_and_login()
+    async with harness.http(token) as client:
+        listed = await client.get("/v1/deployments")
+        assert listed.status_code == 503, listed.text
+        assert listed.json()["status"] == "UNAVAILABLE"
+        batch = await client.post(
+            "/v1/batch-inference/jobs",
+            json={"spec": {"deployment": "dets", "inputPrefix": "in/"}},
+        )
+        assert batch.status_code == 503, batch.text
+        # The shared rules still answer first: a malformed spec is the caller's to fix.
+        bad = await client.post(
+            "/v1/batch-inference/jobs", json={"spec": {"inputPrefix": "../in/"}}
+        )
+        assert bad.status_code == 400
+        assert sorted(rest_fields(bad.json())) == ["spec.deployment", "spec.input_prefix"]
+        jobs = (await client.get("/v1/jobs")).json()["jobs"]
+        assert jobs == []
