@@ -299,13 +299,14 @@ class BatchInferenceHandler:
             job.request.batch_inference.spec, tenant_id=tenant_id, job_id=job.job_id
         )
         output = tenant_key(tenant_id, spec.output_prefix, field="spec.output_prefix", prefix=True)
+        # Only a zip input needs local disk: the archive, downloaded once per attempt.
         workdir = self._work_root / job.job_id / f"attempt-{job.attempt}"
-        shutil.rmtree(workdir, ignore_errors=True)
-        workdir.mkdir(parents=True)
         try:
             async with contextlib.AsyncExitStack() as stack:
                 source: _Source
                 if spec.input_zip_key:
+                    shutil.rmtree(workdir, ignore_errors=True)
+                    workdir.mkdir(parents=True)
                     source = await stack.enter_async_context(
                         _ZipSource.open(
                             self._store,
@@ -333,6 +334,8 @@ class BatchInferenceHandler:
                 return await self._run(job, spec, source, model, output, started)
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
+            with contextlib.suppress(OSError):  # kept while another attempt still uses it
+                workdir.parent.rmdir()
 
     async def _model(
         self,
