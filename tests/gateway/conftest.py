@@ -8,7 +8,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 import httpx
@@ -32,6 +32,9 @@ from visionmesh.gateway.app import Gateway
 from visionmesh.gateway.config import GatewaySettings
 from visionmesh.training.api.servicer import TrainingServicer
 from visionmesh.training.config import TrainingSettings
+
+if TYPE_CHECKING:
+    from tests.gateway.inference_service import InferenceHarness
 
 S3_ACCESS_KEY = "visionmesh-test"
 S3_SECRET_KEY = "visionmesh-test-secret"
@@ -247,3 +250,34 @@ async def bus(nats_server: NatsServer) -> AsyncIterator[EventBus]:
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
+
+
+@pytest_asyncio.fixture
+async def served(
+    make_gateway: GatewayFactory, nats_server: NatsServer, database_url: str, tmp_path: Path
+) -> AsyncIterator[InferenceHarness]:
+    """A gateway whose inference service is the recording stand-in (inference_service.py)."""
+    from visionmesh.common.auth import public_key_pem
+
+    from tests.gateway.inference_service import (
+        InferenceHarness,
+        RecordingInference,
+        start_inference_server,
+    )
+
+    key = generate_signing_key()
+    key_file = tmp_path / "gateway-signing.pem"
+    key_file.write_bytes(private_key_pem(key))
+    key_file.chmod(0o600)
+    service = RecordingInference()
+    server = await start_inference_server(tmp_path, public_key_pem(key.public_key()), service)
+    try:
+        harness = await make_gateway(
+            nats_url=nats_server.url,
+            database_url=database_url,
+            signing_key_file=key_file,
+            inference_addr=f"127.0.0.1:{server.port}",
+        )
+        yield InferenceHarness(gateway=harness, service=service)
+    finally:
+        await server.stop(0)

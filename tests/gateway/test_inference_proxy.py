@@ -10,15 +10,11 @@ from __future__ import annotations
 
 import base64
 import time
-from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import grpc
 import jwt
 import pytest
-import pytest_asyncio
 from visionmesh.api.inference.v1 import inference_pb2, inference_pb2_grpc
 from visionmesh.common.auth import (
     Principal,
@@ -26,191 +22,25 @@ from visionmesh.common.auth import (
     ServiceTokenVerifier,
     bind_principal,
     generate_signing_key,
-    private_key_pem,
-    public_key_pem,
-    require_principal,
 )
 from visionmesh.common.embedded import NatsServer
 from visionmesh.common.errors import (
-    FieldViolation,
-    InvalidArgument,
-    NotFound,
-    PermissionDenied,
     Unauthenticated,
     from_rpc_error,
 )
-from visionmesh.common.rpc import GrpcServer
 from visionmesh.common.specs.batch_inference import RESOLVED_EXPORT_SCOPE
 from visionmesh.gateway.api.rest import MAX_PREDICT_IMAGE_BYTES, MAX_PREDICT_IMAGES
 from visionmesh.gateway.core.delegation import DelegatedTokens
-from visionmesh.inference.config import InferenceSettings
 
-from tests.gateway.conftest import GatewayFactory, GatewayHarness, dead_address
+from tests.gateway.conftest import GatewayFactory, dead_address
+from tests.gateway.inference_service import JPEG, PNG, InferenceHarness, exported_version
 from tests.gateway.test_export_jobs import (
-    apply_exported,
     create_export,
-    export_result,
     other_tenant,
     register_version,
     rest_fields,
     tenant_of,
 )
-
-JPEG = b"\xff\xd8\xff\xe0 not really a jpeg"
-PNG = b"\x89PNG\r\n\x1a\n not really a png"
-
-
-@dataclass
-class Call:
-    method: str
-    request: Any
-    principal: Principal
-
-
-@dataclass
-class RecordingInference(inference_pb2_grpc.InferenceServiceServicer):
-    """Deployments per tenant; a given export only with the gateway's scope."""
-
-    calls: list[Call] = field(default_factory=list)
-    deployments: dict[tuple[str, str], inference_pb2.Deployment] = field(default_factory=dict)
-
-    def _record(self, method: str, request: Any) -> Principal:
-        principal = require_principal()
-        self.calls.append(Call(method, request, principal))
-        return principal
-
-    def last(self, method: str) -> Call:
-        return [c for c in self.calls if c.method == method][-1]
-
-    def _deployment(self, tenant_id: str, name: str, field: str) -> inference_pb2.Deployment:
-        found = self.deployments.get((tenant_id, name))
-        if found is None:
-            raise NotFound(f"{field}: no deployment {name!r}", resource_type="Deployment")
-        return found
-
-    async def LoadModel(self, request: Any, context: Any) -> inference_pb2.LoadModelResponse:
-        principal = self._record("LoadModel", request)
-        if request.HasField("export") and not principal.has_scope(RESOLVED_EXPORT_SCOPE):
-            raise PermissionDenied("export is accepted from the gateway only")
-        deployment = inference_pb2.Deployment(
-            name=request.name,
-            tenant_id=principal.tenant_id,
-            model_version_id=request.export.model_version_id,
-            export_job_id=request.resolved_export_job_id,
-            backend=request.backend or "onnxruntime",
-            state=inference_pb2.DEPLOYMENT_STATE_LOADING,
-        )
-        self.deployments[(principal.tenant_id, request.name)] = deployment
-        return inference_pb2.LoadModelResponse(deployment=deployment)
-
-    async def UnloadModel(self, request: Any, context: Any) -> inference_pb2.UnloadModelResponse:
-        principal = self._record("UnloadModel", request)
-        deployment = self._deployment(principal.tenant_id, request.name, "name")
-        del self.deployments[(principal.tenant_id, request.name)]
-        return inference_pb2.UnloadModelResponse(deployment=deployment)
-
-    async def ListDeployments(
-        self, request: Any, context: Any
-    ) -> inference_pb2.ListDeploymentsResponse:
-        principal = self._record("ListDeployments", request)
-        mine = [d for (t, _), d in sorted(self.deployments.items()) if t == principal.tenant_id]
-        return inference_pb2.ListDeploymentsResponse(deployments=mine)
-
-    async def GetDeployment(
-        self, request: Any, context: Any
-    ) -> inference_pb2.GetDeploymentResponse:
-        principal = self._record("GetDeployment", request)
-        deployment = self._deployment(principal.tenant_id, request.name, "name")
-        return inference_pb2.GetDeploymentResponse(deployment=deployment)
-
-    async def Predict(self, request: Any, context: Any) -> inference_pb2.PredictResponse:
-        principal = self._record("Predict", request)
-        self._deployment(principal.tenant_id, request.deployment, "deployment")
-        return inference_pb2.PredictResponse(
-            deployment=request.deployment,
-            task="detect",
-            # The image's size stands in for its decoded width: the bytes arrived whole.
-            results=[inference_pb2.ImageResult(width=len(i.data)) for i in request.images],
-        )
-
-    async def ValidateBatchSpec(
-        self, request: Any, context: Any
-    ) -> inference_pb2.ValidateBatchSpecResponse:
-        principal = self._record("ValidateBatchSpec", request)
-        spec = request.spec
-        if spec.deployment:
-            self._deployment(principal.tenant_id, spec.deployment, "spec.deployment")
-        elif not principal.has_scope(RESOLVED_EXPORT_SCOPE) or not spec.HasField("export"):
-            raise InvalidArgument(
-                "spec.export: missing", field_violations=[FieldViolation("spec.export", "missing")]
-            )
-        return inference_pb2.ValidateBatchSpecResponse(spec=spec)
-
-
-@dataclass
-class InferenceHarness:
-    gateway: GatewayHarness
-    service: RecordingInference
-
-
-async def start_inference_server(
-    tmp: Path, public_pem: bytes, service: RecordingInference
-) -> GrpcServer:
-    settings = InferenceSettings(
-        grpc_port=0,
-        nats_url="nats://unused:4222",
-        s3_endpoint="unused:9000",
-        s3_access_key="unused",
-        s3_secret_key="unused",
-        data_dir=tmp,
-    )
-    server = GrpcServer(
-        settings=settings,
-        authenticator=ServiceTokenVerifier.from_pem([public_pem], audience="inference"),
-    )
-    server.add_service(
-        inference_pb2_grpc.add_InferenceServiceServicer_to_server,
-        service,
-        service_name="visionmesh.inference.v1.InferenceService",
-    )
-    await server.start()
-    return server
-
-
-@pytest_asyncio.fixture
-async def served(
-    make_gateway: GatewayFactory, nats_server: NatsServer, database_url: str, tmp_path: Path
-) -> AsyncIterator[InferenceHarness]:
-    key = generate_signing_key()
-    key_file = tmp_path / "gateway-signing.pem"
-    key_file.write_bytes(private_key_pem(key))
-    key_file.chmod(0o600)
-    service = RecordingInference()
-    server = await start_inference_server(tmp_path, public_key_pem(key.public_key()), service)
-    try:
-        harness = await make_gateway(
-            nats_url=nats_server.url,
-            database_url=database_url,
-            signing_key_file=key_file,
-            inference_addr=f"127.0.0.1:{server.port}",
-        )
-        yield InferenceHarness(gateway=harness, service=service)
-    finally:
-        await server.stop(0)
-
-
-async def exported_version(harness: GatewayHarness, token: str) -> tuple[str, list[str]]:
-    """A model version with two successful exports; its id and the export job ids, oldest
-    first."""
-    async with harness.http(token) as client:
-        version_id = await register_version(harness, await tenant_of(client))
-        jobs = []
-        for _ in range(2):
-            job = await create_export(client, version_id)
-            assert await apply_exported(harness, job, export_result(job["id"], version_id))
-            jobs.append(job["id"])
-    return version_id, jobs
-
 
 # -- delegated tokens -------------------------------------------------------------------------
 
