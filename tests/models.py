@@ -37,14 +37,31 @@ def yolo_checkpoint(path: Path, yaml: str, *, confident: bool = False) -> Path:
         inner.model[-1].nc = inner.model[-1].nc  # keep the head; only names change below
     inner.names = dict(enumerate(NAMES)) if "cls" in yaml else inner.names
     if confident:
-        # An untrained head scores everything near zero; spread the class biases so
-        # boxes clear the confidence threshold and overlap, which is what NMS must get right.
-        generator = torch.Generator().manual_seed(0)
-        for branch in inner.model[-1].cv3:
-            bias = branch[-1].bias
-            bias.data = torch.randn(bias.shape, generator=generator) * 1.5
+        _spread_class_biases(inner)
     model.save(str(path))
     return path
+
+
+def make_confident(checkpoint: Path) -> Path:
+    """Rewrite a (briefly trained) detector's checkpoint so that it finds boxes.
+
+    One epoch leaves every score near zero; after this, boxes clear the usual thresholds.
+    """
+    from ultralytics import YOLO
+
+    model = YOLO(str(checkpoint))
+    _spread_class_biases(model.model)
+    model.save(str(checkpoint))
+    return checkpoint
+
+
+def _spread_class_biases(inner: Any) -> None:
+    # An untrained head scores everything near zero; spread the class biases so boxes
+    # clear the confidence threshold and overlap, which is what NMS must get right.
+    generator = torch.Generator().manual_seed(0)
+    for branch in inner.model[-1].cv3:
+        bias = branch[-1].bias
+        bias.data = torch.randn(bias.shape, generator=generator) * 1.5
 
 
 def classifier_checkpoint(path: Path, *, imgsz: int = IMGSZ) -> Path:
