@@ -100,7 +100,7 @@ def test_check_fails_when_a_proto_changes(
 ) -> None:
     proto = protos_copy / "visionmesh/inference/v1/inference.proto"
     text = proto.read_text()
-    proto.write_text(text.replace("  bool replace = 7;\n", "  bool replace = 7;\n  bool x = 8;\n"))
+    proto.write_text(text.replace("  bool replace = 7;\n", "  bool replace = 7;\n  bool x = 99;\n"))
     assert _check(gen_protos, monkeypatch) == 1
     assert "stale: inference_pb2.py" in capsys.readouterr().out
 

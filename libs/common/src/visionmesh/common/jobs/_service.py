@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, Protocol
 
 from visionmesh.common.events import EventBus
@@ -27,8 +27,16 @@ from visionmesh.common.supervision import mark_not_serving, until_signal_or_loop
 _log = get_logger(__name__)
 
 
-async def serve_workers(server: GrpcServer, workers: list[JobWorker]) -> int:
+async def serve_workers(
+    server: GrpcServer,
+    workers: list[JobWorker],
+    *,
+    loops: Sequence[tuple[str, Coroutine[Any, Any, None]]] = (),
+) -> int:
     """Serves until SIGTERM/SIGINT (exit 0) or until a worker loop dies (exit 1).
+
+    `loops` are the service's other background loops, by name (e.g. a reconcile loop):
+    supervised like the workers, cancelled at shutdown.
 
     SIGTERM: health turns NOT_SERVING, workers stop pulling, running jobs checkpoint and
     hand back within their `graceful_stop_seconds`, then the server drains.
@@ -40,9 +48,10 @@ async def serve_workers(server: GrpcServer, workers: list[JobWorker]) -> int:
         asyncio.create_task(worker.run(), name=f"{worker.spec.kind_name}-worker-{i}")
         for i, worker in enumerate(workers)
     }
+    others = {asyncio.create_task(loop, name=name) for name, loop in loops}
     exit_code = 0
     try:
-        if await until_signal_or_loop_exit(tasks):
+        if await until_signal_or_loop_exit(tasks | others):
             exit_code = 1
         else:
             _log.info("shutdown requested; handing running jobs back")
@@ -57,6 +66,9 @@ async def serve_workers(server: GrpcServer, workers: list[JobWorker]) -> int:
             for task in late:
                 task.cancel()
     finally:
+        for task in others:
+            task.cancel()
+        await asyncio.gather(*others, return_exceptions=True)
         await server.stop()
     return exit_code
 
