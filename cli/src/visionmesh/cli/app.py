@@ -1,7 +1,8 @@
 """The `visionmesh` command line: a thin client of the gateway's REST API.
 
 The root command and its options live here; each command group is a module of
-`visionmesh.cli.commands` (auth, datasets, train, jobs, artifacts, models, exports).
+`visionmesh.cli.commands` (auth, datasets, train, jobs, artifacts, models, exports,
+inference).
 """
 
 from __future__ import annotations
@@ -9,7 +10,16 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
-from visionmesh.cli.commands import artifacts, auth, datasets, exports, jobs, models, train
+from visionmesh.cli.commands import (
+    artifacts,
+    auth,
+    datasets,
+    exports,
+    inference,
+    jobs,
+    models,
+    train,
+)
 from visionmesh.cli.config import CredentialsStore, config_dir, resolve_gateway
 from visionmesh.cli.runtime import CliGroup, Hooks, Runtime
 
@@ -22,7 +32,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
 )
-for _group in (auth, datasets, train, jobs, artifacts, models, exports):
+for _group in (auth, datasets, train, jobs, artifacts, models, exports, inference):
     _group.register(app)
 
 

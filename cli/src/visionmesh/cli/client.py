@@ -7,7 +7,7 @@ import hashlib
 import json
 import re
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -332,7 +332,14 @@ class GatewayClient:
             "POST", "/v1/datasets", json_body={"name": name, "description": description}
         )
 
-    def upload(self, url: str, path: Path, *, on_progress: ProgressCallback | None = None) -> None:
+    def upload(
+        self,
+        url: str,
+        path: Path,
+        *,
+        on_progress: ProgressCallback | None = None,
+        content_type: str = "application/zip",
+    ) -> None:
         """PUTs the file to a presigned URL, streaming it in chunks."""
         size = path.stat().st_size
 
@@ -344,7 +351,7 @@ class GatewayClient:
                         on_progress(len(chunk))
 
         # An explicit length: S3 refuses chunked transfer encoding on a plain PUT.
-        headers = {"content-length": str(size), "content-type": "application/zip"}
+        headers = {"content-length": str(size), "content-type": content_type}
         try:
             response = self._blob.put(url, content=chunks(), headers=headers)
         except httpx.TransportError as exc:
@@ -530,6 +537,68 @@ class GatewayClient:
         return self._request(
             "GET", f"/v1/exports/{_seg(export_id)}:download", params={"file": file}
         )
+
+    # --- inference -------------------------------------------------------------------------------
+
+    def load_model(self, body: Mapping[str, Any]) -> JsonObject:
+        return self._request("POST", "/v1/deployments", json_body=dict(body))
+
+    def list_deployments(self, *, limit: int | None = None) -> Iterator[JsonObject]:
+        return self.paginate("/v1/deployments", "deployments", limit=limit)
+
+    def get_deployment(self, name: str) -> JsonObject:
+        return self._request("GET", f"/v1/deployments/{_seg(name)}")
+
+    def unload_model(self, name: str) -> JsonObject:
+        return self._request("DELETE", f"/v1/deployments/{_seg(name)}")
+
+    def predict(
+        self,
+        deployment: str,
+        files: Sequence[tuple[str, bytes, str]],
+        *,
+        options: Mapping[str, str] | None = None,
+        timeout: float = 120.0,
+    ) -> JsonObject:
+        """Runs a deployment on image files, sent as multipart/form-data: `files` are
+        (file name, content, content type); `options` the form fields (conf, classes...)."""
+        try:
+            response = self._http.post(
+                f"/v1/deployments/{_seg(deployment)}:predict",
+                files=[("image", (name, data, kind)) for name, data, kind in files],
+                data=dict(options or {}),
+                timeout=timeout,
+            )
+        except httpx.TransportError as exc:
+            raise self._unreachable(exc) from exc
+        if not response.is_success:
+            raise ApiError.from_response(response)
+        return _decode(response)
+
+    def create_batch_input_upload(
+        self, file_names: Sequence[str] = (), *, zip_file: bool = False
+    ) -> JsonObject:
+        return self._request(
+            "POST",
+            "/v1/batch-inference/uploads",
+            json_body={"fileNames": list(file_names), "zip": zip_file},
+        )
+
+    def create_batch_inference_job(self, spec: Mapping[str, Any]) -> JsonObject:
+        return self._request("POST", "/v1/batch-inference/jobs", json_body={"spec": dict(spec)})
+
+    def batch_results(self, job_id: str, *, page_size: int = 1000) -> Iterator[JsonObject]:
+        """A batch job's results in input order, as far as it has written them."""
+        path = f"/v1/batch-inference/jobs/{_seg(job_id)}/results"
+        token = ""
+        while True:
+            page = self._request("GET", path, params={"pageSize": page_size, "pageToken": token})
+            results = page.get("results") or []
+            yield from results
+            token = str(page.get("nextPageToken") or "")
+            # A running job's last page still has a token (more may come): stop at it.
+            if not token or not results:
+                return
 
 
 def _seg(value: str) -> str:
