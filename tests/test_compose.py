@@ -57,6 +57,9 @@ SERVICE_GRPC_PORTS = {
     "embedding": 50091,
 }
 GATEWAY_REST_PORT = 8080
+# KServe v2 for clients built for Triton: gRPC and REST, published like the gateway's ports.
+KSERVE_PORTS = {"grpc": 50082, "http": 50083}
+EXTRA_PORTS = {"gateway": {GATEWAY_REST_PORT}, "inference": set(KSERVE_PORTS.values())}
 GPU_SERVICES = {"training", "embedding", "triton"}
 INFRASTRUCTURE = {"postgres", "nats", "minio", "qdrant", "triton"}
 # Containers that run once to completion; dependents wait for their success, not health.
@@ -505,7 +508,7 @@ def test_one_dockerfile_built_with_the_package_argument(name: str) -> None:
     assert args["PACKAGE"] == name
     assert int(args["GRPC_PORT"]) == SERVICE_GRPC_PORTS[name]
     extra = {int(port) for port in args.get("EXTRA_PORTS", "").split()}
-    assert extra == ({GATEWAY_REST_PORT} if name == "gateway" else set())
+    assert extra == EXTRA_PORTS.get(name, set())
     assert visionmesh_services()[name]["image"].startswith(f"visionmesh/{name}:")
 
 
@@ -595,6 +598,11 @@ def test_ports_agree(name: str) -> None:
         rest = int(env[f"{PREFIX}REST_PORT"])
         assert rest in exposed
         assert published_ports(svc) == {port: port, rest: rest}
+    elif name == "inference":
+        kserve = {int(env[f"{PREFIX}KSERVE_{kind.upper()}_PORT"]) for kind in KSERVE_PORTS}
+        assert kserve == set(KSERVE_PORTS.values()) and kserve <= exposed
+        assert env[f"{PREFIX}KSERVE_HOST"] == "0.0.0.0"
+        assert published_ports(svc) == {p: p for p in kserve}, "only KServe, not its own gRPC"
     else:
         assert exposed == {port, metrics} - {0}
         assert published_ports(svc) == {}, "only the gateway is reachable from outside"
@@ -1109,6 +1117,7 @@ def test_triton_runs_tritonserver_on_the_object_store_through_the_bootstrap() ->
         "tritonserver",
         "--model-repository=s3://minio:9000/visionmesh/triton",
         "--model-control-mode=explicit",
+        "--strict-readiness=false",
     ]
     env = environment(triton)
     gateway = environment(services()["gateway"])

@@ -38,6 +38,9 @@ class Ports:
     gateway_grpc: int = 50051
     training_grpc: int = 50061
     export_grpc: int = 50071
+    inference_grpc: int = 50081
+    kserve_grpc: int = 50082
+    kserve_http: int = 50083
     nats: int = 14222
     s3: int = 18333
     s3_internal_base: int = 18340
@@ -45,12 +48,15 @@ class Ports:
     @classmethod
     def free(cls) -> Ports:
         """All-ephemeral ports, for tests running a stack next to another."""
-        rest, grpc_port, training, export, nats, s3 = free_ports(6)
+        rest, grpc_port, training, export, inference, kserve, kserve_http, nats, s3 = free_ports(9)
         return cls(
             gateway_rest=rest,
             gateway_grpc=grpc_port,
             training_grpc=training,
             export_grpc=export,
+            inference_grpc=inference,
+            kserve_grpc=kserve,
+            kserve_http=kserve_http,
             nats=nats,
             s3=s3,
             s3_internal_base=0,
@@ -63,7 +69,7 @@ class Ports:
 
 
 DEFAULT_PORTS = Ports()
-WORKER_SERVICES = ("training", "export")
+WORKER_SERVICES = ("training", "export", "inference")
 """The worker services `make up` runs next to the gateway, in start order."""
 
 
@@ -173,6 +179,19 @@ class Stack:
                     {"VISIONMESH_GRPC_PORT": str(p.export_grpc)},
                 )
             )
+        if "inference" in self.workers:
+            planned.append(
+                self._service(
+                    "inference",
+                    "visionmesh.inference",
+                    p.inference_grpc,
+                    {
+                        "VISIONMESH_GRPC_PORT": str(p.inference_grpc),
+                        "VISIONMESH_KSERVE_GRPC_PORT": str(p.kserve_grpc),
+                        "VISIONMESH_KSERVE_HTTP_PORT": str(p.kserve_http),
+                    },
+                )
+            )
         gateway = self._service(
             "gateway",
             "visionmesh.gateway",
@@ -182,6 +201,7 @@ class Stack:
                 "VISIONMESH_REST_PORT": str(p.gateway_rest),
                 "VISIONMESH_TRAINING_ADDR": f"127.0.0.1:{p.training_grpc}",
                 "VISIONMESH_EXPORT_ADDR": f"127.0.0.1:{p.export_grpc}",
+                "VISIONMESH_INFERENCE_ADDR": f"127.0.0.1:{p.inference_grpc}",
             },
         )
         return [*planned, gateway]
@@ -271,6 +291,10 @@ class Stack:
             "gateway gRPC": f"127.0.0.1:{p.gateway_grpc}",
             "training gRPC": f"127.0.0.1:{p.training_grpc}",
             "export gRPC": f"127.0.0.1:{p.export_grpc}",
+            "inference gRPC": f"127.0.0.1:{p.inference_grpc}",
+            "KServe v2 (Triton clients)": (
+                f"grpc 127.0.0.1:{p.kserve_grpc}, http://127.0.0.1:{p.kserve_http}/v2"
+            ),
             "NATS": self.nats.url,
             "S3": f"http://{self.s3.endpoint}  (key {S3_ACCESS_KEY})",
             "state": str(self.data_dir),
