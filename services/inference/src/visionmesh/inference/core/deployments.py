@@ -73,7 +73,7 @@ class DeploymentStore:
         created_by: str,
     ) -> DeploymentRow:
         """Stores the deployment; the same source again is a no-op returning the row."""
-        async with self._db.session() as session, session.begin():
+        async with self._db.session() as session:
             row = await session.scalar(
                 select(DeploymentRow)
                 .where(DeploymentRow.tenant_id == tenant_id, DeploymentRow.name == name)
@@ -133,7 +133,7 @@ class DeploymentStore:
             return list(await session.scalars(select(DeploymentRow)))
 
     async def delete(self, tenant_id: str, name: str) -> DeploymentRow | None:
-        async with self._db.session() as session, session.begin():
+        async with self._db.session() as session:
             row = await session.scalar(
                 select(DeploymentRow).where(
                     DeploymentRow.tenant_id == tenant_id, DeploymentRow.name == name
@@ -145,7 +145,7 @@ class DeploymentStore:
 
     async def set_enabled(self, tenant_id: str, name: str, *, enabled: bool) -> DeploymentRow:
         """KServe's repository load/unload: keep the deployment, serve it or not."""
-        async with self._db.session() as session, session.begin():
+        async with self._db.session() as session:
             row = await session.scalar(
                 select(DeploymentRow)
                 .where(DeploymentRow.tenant_id == tenant_id, DeploymentRow.name == name)
