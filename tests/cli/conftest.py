@@ -12,7 +12,7 @@ import pytest
 import structlog
 from typer.testing import CliRunner
 
-from tests.gateway.conftest import bus, harness, make_gateway  # noqa: F401
+from tests.gateway.conftest import bus, harness, make_gateway, served  # noqa: F401
 
 
 @pytest.fixture

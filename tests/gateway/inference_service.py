@@ -90,7 +90,10 @@ class RecordingInference(inference_pb2_grpc.InferenceServiceServicer):
     ) -> inference_pb2.GetDeploymentResponse:
         principal = self._record("GetDeployment", request)
         deployment = self._deployment(principal.tenant_id, request.name, "name")
-        return inference_pb2.GetDeploymentResponse(deployment=deployment)
+        answer = inference_pb2.GetDeploymentResponse(deployment=deployment)
+        # Loading takes one look: the next GetDeployment finds it READY.
+        deployment.state = inference_pb2.DEPLOYMENT_STATE_READY
+        return answer
 
     async def Predict(self, request: Any, context: Any) -> inference_pb2.PredictResponse:
         principal = self._record("Predict", request)
@@ -99,7 +102,20 @@ class RecordingInference(inference_pb2_grpc.InferenceServiceServicer):
             deployment=request.deployment,
             task="detect",
             # The image's size stands in for its decoded width: the bytes arrived whole.
-            results=[inference_pb2.ImageResult(width=len(i.data)) for i in request.images],
+            results=[
+                inference_pb2.ImageResult(
+                    width=len(i.data),
+                    detections=[
+                        inference_pb2.Detection(
+                            class_id=1,
+                            class_name="square",
+                            score=0.875,
+                            box=inference_pb2.Box(x1=2, y1=3, x2=12, y2=14),
+                        )
+                    ],
+                )
+                for i in request.images
+            ],
         )
 
     async def ValidateBatchSpec(
