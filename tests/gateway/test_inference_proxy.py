@@ -328,3 +328,27 @@ async def test_without_an_inference_service_calls_are_unavailable(
         assert sorted(rest_fields(bad.json())) == ["spec.deployment", "spec.input_prefix"]
         jobs = (await client.get("/v1/jobs")).json()["jobs"]
         assert jobs == []
+
+
+async def test_predict_bodies_beyond_the_json_default_and_the_documented_upload(
+    served: InferenceHarness,
+) -> None:
+    harness = served.gateway
+    token = await _deployed(served)
+    large = b"\xff\xd8" + b"\x00" * (6 * 1024 * 1024)  # 8 MiB as base64: over the 4 MiB default
+    async with harness.http(token) as client:
+        response = await client.post(
+            "/v1/deployments/dets:predict",
+            json={"images": [{"data": base64.b64encode(large).decode()}]},
+        )
+        assert response.status_code == 200, response.text
+        assert response.json()["results"][0]["width"] == len(large)
+        # Other routes keep the default limit.
+        too_big = await client.post("/v1/datasets", content=b"{" + b" " * (5 * 1024 * 1024) + b"}")
+        assert too_big.status_code == 413
+        document = (await client.get("/openapi.json")).json()
+    body = document["paths"]["/v1/deployments/{deployment}:predict"]["post"]["requestBody"]
+    assert set(body["content"]) == {"application/json", "multipart/form-data", "image/*"}
+    form = body["content"]["multipart/form-data"]["schema"]["properties"]
+    assert form["images"]["maxItems"] == MAX_PREDICT_IMAGES
+    assert {"conf", "iou", "max_det", "top_k", "classes", "agnostic", "imgsz"} <= set(form)
