@@ -131,7 +131,8 @@ class DynamicBatcher:
         return result
 
     async def close(self) -> None:
-        """Refuse new requests, let the queued and running ones finish, stop the loop."""
+        """Refuse new requests, let the queued and running ones finish, stop the loop, and
+        close the runtime: a batcher owns the model it batches for."""
         self._closed = True
         await self._idle.wait()
         task, self._loop_task = self._loop_task, None
@@ -139,6 +140,7 @@ class DynamicBatcher:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        await self._runtime.close()
 
     async def _infer(self, inputs: Mapping[str, Tensor]) -> tuple[dict[str, Tensor], float, float]:
         arrays = {name: np.asarray(value) for name, value in inputs.items()}
