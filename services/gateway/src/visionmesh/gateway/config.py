@@ -5,10 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from pydantic import Field
+from visionmesh.common.limits import PREDICT_MAX_MESSAGE_BYTES
 from visionmesh.common.settings import NatsSettings, ObjectStoreSettings, ServiceSettings
-
-PREDICT_MAX_MESSAGE_BYTES = 64 * 20 * 1024 * 1024 + 1024 * 1024
-"""64 images of 20 MiB (the contract's limits) and room for the rest of the request."""
 
 
 class GatewaySettings(NatsSettings, ObjectStoreSettings, ServiceSettings):

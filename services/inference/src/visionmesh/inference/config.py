@@ -7,13 +7,9 @@ from typing import Literal
 
 from pydantic import Field, ValidationInfo, field_validator
 from visionmesh.common.jobs import WorkerServiceSettings
+from visionmesh.common.limits import MAX_IMAGE_BYTES, PREDICT_MAX_MESSAGE_BYTES
 
 Backend = Literal["onnxruntime", "triton"]
-
-# The contract's limits (inference.proto, common/v1/image.proto); gRPC, REST and the
-# service check the same numbers.
-MAX_IMAGES_PER_REQUEST = 64
-MAX_IMAGE_BYTES = 20 * 1024 * 1024
 
 
 class InferenceSettings(WorkerServiceSettings):
@@ -21,6 +17,12 @@ class InferenceSettings(WorkerServiceSettings):
 
     service_name: str = "inference"
     grpc_port: int = Field(default=50081, ge=0, le=65535, description="gRPC listen port")
+    grpc_max_message_bytes: int = Field(
+        # Predict carries up to 64 images of up to 20 MiB each, as the gateway forwards them.
+        default=PREDICT_MAX_MESSAGE_BYTES,
+        gt=0,
+        description="largest gRPC message sent or received, in bytes (Predict's images)",
+    )
     kserve_grpc_port: int = Field(
         default=50082,
         ge=0,

@@ -21,6 +21,7 @@ from urllib.parse import parse_qsl
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
 from visionmesh.common.errors import FieldViolation, InvalidArgument
+from visionmesh.common.limits import MAX_IMAGE_BYTES, MAX_IMAGES_PER_REQUEST
 from visionmesh.gateway.api.rest._binding import _scalar_parser
 
 __all__ = [
@@ -32,9 +33,9 @@ __all__ = [
     "parse_multipart",
 ]
 
-MAX_PREDICT_IMAGES = 64
+MAX_PREDICT_IMAGES = MAX_IMAGES_PER_REQUEST
 """PredictRequest.images' max_items."""
-MAX_PREDICT_IMAGE_BYTES = 20 * 1024 * 1024
+MAX_PREDICT_IMAGE_BYTES = MAX_IMAGE_BYTES
 """common.v1.Image.data's max_len."""
 _PART_OVERHEAD = 16 * 1024
 """Room per file for its multipart headers and delimiters, and for the form fields."""
