@@ -12,11 +12,9 @@ import onnx
 import pytest
 import torch
 from visionmesh.api.export.v1 import export_pb2
-from visionmesh.common.specs.export import UNCONFIRMED_CAPABILITIES, check_export_spec
 from visionmesh.export.core.images import synthetic_images
 from visionmesh.export.core.parity import check_parity, onnx_runner
 from visionmesh.export.core.pipeline import (
-    ExportTarget,
     ParityFailed,
     Stopped,
     run_export,
@@ -26,32 +24,10 @@ from visionmesh.export.core.source import SourceError, load_source
 from tests.models import IMGSZ, NAMES
 from tests.models import classifier_checkpoint as _classifier_checkpoint
 from tests.models import export_package as _export
+from tests.models import export_target as _target
 from tests.models import yolo_checkpoint as _yolo_checkpoint
 
 os.environ.setdefault("YOLO_OFFLINE", "1")
-
-
-def _target(
-    spec: export_pb2.ExportSpec, framework: str, task: str, names: tuple[str, ...]
-) -> ExportTarget:
-    checked = check_export_spec(
-        spec,
-        framework=framework,
-        task=task,
-        model_imgsz=IMGSZ,
-        capabilities=UNCONFIRMED_CAPABILITIES,
-    )
-    return ExportTarget(
-        spec=checked,
-        model_version_id="mv-1",
-        model_name="shapes",
-        model_version=3,
-        framework=framework,
-        task=task,
-        architecture="",
-        class_names=names,
-        imgsz=IMGSZ,
-    )
 
 
 @pytest.fixture(scope="module")

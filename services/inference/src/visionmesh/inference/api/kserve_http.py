@@ -10,23 +10,18 @@ InferenceServerException with that message). The health routes need no credentia
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
-import socket
 import zlib
-from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass, field
-from types import TracebackType
-from typing import Any, Final, Self
+from collections.abc import Awaitable, Callable
+from typing import Any, Final
 
-import uvicorn
 from google.protobuf.message import Message
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+from visionmesh.common.asgi import AsgiServer, serve_asgi
 from visionmesh.common.auth import Authenticator, require_principal
 from visionmesh.common.errors import InvalidArgument
 from visionmesh.common.rpc.pipeline import TRANSPORT_REST, RequestPipeline, RpcFailure
@@ -320,88 +315,11 @@ def create_kserve_app(
 
 # --- the server ------------------------------------------------------------------------------
 
-
-class _EmbeddedServer(uvicorn.Server):
-    """uvicorn without its signal handlers: the host process owns SIGTERM/SIGINT."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
-
-
-@dataclass(slots=True)
-class KServeHttpServer:
-    """A running KServe REST server; `port` is the bound one (the real one when asked for 0)."""
-
-    host: str
-    port: int
-    _server: uvicorn.Server = field(repr=False)
-    _task: asyncio.Task[None] = field(repr=False)
-    grace_seconds: float = 5.0
-
-    async def stop(self) -> None:
-        """Stop accepting; in-flight requests get `grace_seconds` before they are cancelled."""
-        if not self._task.done():
-            self._server.should_exit = True
-            try:
-                await asyncio.wait_for(asyncio.shield(self._task), self.grace_seconds + 2)
-            except TimeoutError:
-                self._server.force_exit = True
-                self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
+KServeHttpServer = AsgiServer
 
 
 async def serve_kserve_http(
     app: Starlette, host: str = "127.0.0.1", port: int = 0, *, grace_seconds: float = 5.0
 ) -> KServeHttpServer:
-    """Start uvicorn for `app` as a task of the running loop; returns once it accepts.
-
-    The socket is bound here, so a taken port raises OSError at once and port 0 reports
-    the port chosen.
-    """
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    # IPPROTO_TCP explicitly: asyncio sets TCP_NODELAY only on sockets whose proto says
-    # TCP, and without it Nagle and delayed ACKs add ~40 ms to every response.
-    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host, port))
-        sock.listen(2048)
-        sock.setblocking(False)
-    except OSError:
-        sock.close()
-        raise
-    bound_port = int(sock.getsockname()[1])
-    config = uvicorn.Config(
-        app,
-        host=host,
-        port=bound_port,
-        lifespan="off",
-        access_log=False,
-        log_config=None,
-        server_header=False,
-        timeout_graceful_shutdown=grace_seconds,  # type: ignore[arg-type]  # float works
-    )
-    server = _EmbeddedServer(config)
-    task = asyncio.ensure_future(server.serve(sockets=[sock]))
-    while not server.started:
-        if task.done():
-            sock.close()
-            await task  # surfaces the startup error
-            raise RuntimeError("KServe REST server exited during startup")
-        await asyncio.sleep(0.005)
-    return KServeHttpServer(
-        host=host, port=bound_port, _server=server, _task=task, grace_seconds=grace_seconds
-    )
+    """Start uvicorn for `app` in the running loop; returns once it accepts (port 0: any)."""
+    return await serve_asgi(app, host, port, grace_seconds=grace_seconds, lifespan="off")

@@ -1,71 +1,16 @@
-"""Runs an ASGI app with uvicorn inside the caller's event loop."""
+"""Runs the REST transcoder with uvicorn inside the gateway's event loop."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import socket
-from collections.abc import Iterator
-from dataclasses import dataclass, field
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
-import uvicorn
 from starlette.types import ASGIApp
+from visionmesh.common.asgi import AsgiServer, serve_asgi
 from visionmesh.gateway.api.rest._app import RestTranscoder
 
 __all__ = ["RestServer", "serve_rest"]
 
-
-class _EmbeddedServer(uvicorn.Server):
-    """uvicorn without its signal handlers: the host process owns SIGTERM/SIGINT."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
-
-
-@dataclass(slots=True)
-class RestServer:
-    """A running REST server; `port` is the bound port (the real one when asked for 0)."""
-
-    host: str
-    port: int
-    _server: uvicorn.Server = field(repr=False)
-    _task: asyncio.Task[None] = field(repr=False)
-    _app: ASGIApp = field(repr=False)
-    grace_seconds: float = 5.0
-
-    async def stop(self) -> None:
-        """Stop accepting, end SSE streams, let in-flight requests finish within the grace."""
-        if self._task.done():
-            await _result(self._task)
-            return
-        self._server.should_exit = True
-        if isinstance(self._app, RestTranscoder):
-            self._app.close_streams()
-        try:
-            await asyncio.wait_for(asyncio.shield(self._task), timeout=self.grace_seconds + 2)
-        except TimeoutError:
-            self._server.force_exit = True
-            self._task.cancel()
-        await _result(self._task)
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
-
-
-async def _result(task: asyncio.Task[None]) -> None:
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+RestServer = AsgiServer
 
 
 async def serve_rest(
@@ -79,52 +24,18 @@ async def serve_rest(
 ) -> RestServer:
     """Start uvicorn for `app` as a task of the running loop; returns once it accepts.
 
-    The socket is bound here, so a taken port raises OSError at once and port 0
-    reports the ephemeral port chosen. uvicorn picks httptools/uvloop-free defaults
-    unless they are installed (`http="auto"`). Stop with `await server.stop()` or
-    `async with await serve_rest(...)`; open SSE streams of a RestTranscoder end first,
-    other requests get `grace_seconds` before they are cancelled.
+    Stop with `await server.stop()` or `async with await serve_rest(...)`; open SSE streams
+    of a RestTranscoder end first, other requests get `grace_seconds` before they are
+    cancelled.
     """
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    # IPPROTO_TCP explicitly: asyncio only sets TCP_NODELAY on accepted sockets whose proto
-    # says TCP, and without it Nagle + delayed ACKs add ~40 ms to every response.
-    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host, port))
-        sock.listen(2048)
-        sock.setblocking(False)
-    except OSError:
-        sock.close()
-        raise
-    bound_port = int(sock.getsockname()[1])
-    config = uvicorn.Config(
+    transcoder = isinstance(app, RestTranscoder)
+    return await serve_asgi(
         app,
-        host=host,
-        port=bound_port,
-        lifespan="on" if isinstance(app, RestTranscoder) else "auto",
-        access_log=access_log,
-        log_config=None,
-        server_header=False,
-        timeout_graceful_shutdown=grace_seconds,  # type: ignore[arg-type]  # float works
-        **uvicorn_options,
-    )
-    server = _EmbeddedServer(config)
-    task = asyncio.ensure_future(server.serve(sockets=[sock]))
-    while not server.started:
-        if task.done():
-            sock.close()
-            try:
-                await task  # surfaces the startup error
-            except SystemExit as exc:  # uvicorn exits the process on lifespan failure
-                raise RuntimeError("REST server failed to start") from exc
-            raise RuntimeError("REST server exited during startup")
-        await asyncio.sleep(0.005)
-    return RestServer(
-        host=host,
-        port=bound_port,
-        _server=server,
-        _task=task,
-        _app=app,
+        host,
+        port,
         grace_seconds=grace_seconds,
+        lifespan="on" if transcoder else "auto",
+        before_stop=app.close_streams if isinstance(app, RestTranscoder) else None,
+        access_log=access_log,
+        **uvicorn_options,
     )
