@@ -17,27 +17,17 @@ from typing import Any
 import httpx
 import pytest
 import pytest_asyncio
-from visionmesh.cli.synth import make_detect_dataset, zip_dataset
 
-from tests.gateway.helpers import upload_dataset, wait_for
-from tests.mesh import Mesh, running_mesh
+from tests.gateway.helpers import wait_for
+from tests.mesh import Mesh, box_iou, finished, running_mesh, train_detector
+from tests.mesh import job as get_job
 
 # Each test trains or exports through real processes; under `make test` two workers share the CPU.
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.timeout(420)]
 
 REFERENCE_SCRIPT = Path(__file__).parents[2] / "scripts" / "onnx_predict_reference.py"
-TRAIN_SPEC = {
-    "framework": "ultralytics",
-    "task": "detect",
-    "model": "yolo11n.yaml",
-    "epochs": 2,
-    "imgsz": 64,
-    "batch": 8,
-    "seed": 0,
-}
 # A model trained for two epochs on 16 images is unsure of everything.
 CONF = 0.001
-TERMINAL = {"JOB_STATE_SUCCEEDED", "JOB_STATE_FAILED", "JOB_STATE_CANCELLED"}
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
@@ -51,37 +41,7 @@ async def mesh(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Mesh]:
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def version(mesh: Mesh) -> dict[str, Any]:
     """A detect model trained through the mesh: the registry's model version."""
-    root, archive = mesh.tmp / "detect-data", mesh.tmp / "detect.zip"
-    make_detect_dataset(root, n_train=16, n_val=8, imgsz=64, seed=0)
-    zip_dataset(root, archive)
-    async with mesh.http() as client:
-        uploaded = await upload_dataset(client, archive, name="shapes")
-        assert uploaded["http_status"] == 200, uploaded
-        created = await client.post(
-            "/v1/training/jobs",
-            json={
-                "datasetId": uploaded["dataset"]["id"],
-                "spec": TRAIN_SPEC,
-                "modelName": "shapes",
-            },
-        )
-        assert created.status_code == 200, created.text
-        job = await _finished(client, created.json()["job"]["id"], within=420)
-        assert job["state"] == "JOB_STATE_SUCCEEDED", job
-        response = await client.get(f"/v1/model-versions/{job['modelVersionId']}")
-        return dict(response.json()["modelVersion"])
-
-
-async def _job(client: httpx.AsyncClient, job_id: str) -> dict[str, Any]:
-    return dict((await client.get(f"/v1/jobs/{job_id}")).json()["job"])
-
-
-async def _finished(client: httpx.AsyncClient, job_id: str, within: float = 300) -> dict[str, Any]:
-    async def done() -> bool:
-        return (await _job(client, job_id))["state"] in TERMINAL
-
-    await wait_for(done, within=within, what=f"job {job_id} to finish")
-    return await _job(client, job_id)
+    return await train_detector(mesh)
 
 
 async def _events(client: httpx.AsyncClient, job_id: str) -> list[dict[str, Any]]:
@@ -108,14 +68,6 @@ async def _fetch(url: str) -> bytes:
         return response.content
 
 
-def _iou(a: list[float], b: list[float]) -> float:
-    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
-
-
 @pytest.mark.timeout(900)
 async def test_a_trained_model_exports_verified_and_its_onnx_predicts_as_the_pt(
     mesh: Mesh, version: dict[str, Any]
@@ -125,7 +77,7 @@ async def test_a_trained_model_exports_verified_and_its_onnx_predicts_as_the_pt(
             client, version["id"], {"dynamicBatch": True, "maxBatchSize": 4, "imgsz": 64}
         )
         events = await _events(client, job_id)
-        job = await _job(client, job_id)
+        job = await get_job(client, job_id)
         assert job["state"] == "JOB_STATE_SUCCEEDED", job
         phases = [e["progress"].get("phase") for e in events if "progress" in e]
         for phase in ("load", "export", "parity", "package", "upload"):
@@ -188,7 +140,7 @@ async def test_a_trained_model_exports_verified_and_its_onnx_predicts_as_the_pt(
                     got
                     for got in free
                     if got[5] == want[5]
-                    and _iou(want, got) >= 0.99
+                    and box_iou(want, got) >= 0.99
                     and abs(want[4] - got[4]) <= 1e-3
                 ),
                 None,
@@ -232,7 +184,7 @@ async def test_failed_parity_and_cancel_leave_no_package(
     async with mesh.http() as client:
         # Zero tolerance: ONNX Runtime and PyTorch differ in the last float bits.
         failing = await _export(client, version["id"], {"parity": {"atol": 0, "rtol": 0}})
-        job = await _finished(client, failing)
+        job = await finished(client, failing)
         assert job["state"] == "JOB_STATE_FAILED", job
         assert job["error"]["reason"] == "PARITY_FAILED"
         assert "output0: max |diff|" in job["error"]["message"]
@@ -240,11 +192,11 @@ async def test_failed_parity_and_cancel_leave_no_package(
         cancelled = await _export(client, version["id"], {})
 
         async def running() -> bool:
-            return (await _job(client, cancelled))["state"] == "JOB_STATE_RUNNING"
+            return (await get_job(client, cancelled))["state"] == "JOB_STATE_RUNNING"
 
         await wait_for(running, within=120, what="the export to start")
         (await client.post(f"/v1/jobs/{cancelled}:cancel", json={})).raise_for_status()
-        job = await _finished(client, cancelled)
+        job = await finished(client, cancelled)
         assert job["state"] == "JOB_STATE_CANCELLED", job
         for job_id in (failing, cancelled):
             artifacts = (await client.get(f"/v1/jobs/{job_id}/artifacts")).json()["artifacts"]
@@ -265,7 +217,7 @@ async def test_a_killed_export_worker_is_redelivered_without_duplicates(
         job_id = await _export(client, version["id"], {"nms": True})
 
         async def exporting() -> bool:
-            job = await _job(client, job_id)
+            job = await get_job(client, job_id)
             return job["progress"].get("phase") in {"export", "parity", "package", "upload"}
 
         await wait_for(exporting, within=180, what="the export to start exporting")
@@ -281,7 +233,7 @@ async def test_a_killed_export_worker_is_redelivered_without_duplicates(
             )
 
         await wait_for(restarted, within=120, what="the supervisor to restart the export service")
-        job = await _finished(client, job_id, within=400)
+        job = await finished(client, job_id, within=400)
         assert job["state"] == "JOB_STATE_SUCCEEDED", job
         assert job["attempts"] == 2
         artifacts = (await client.get(f"/v1/jobs/{job_id}/artifacts")).json()["artifacts"]

@@ -18,26 +18,15 @@ import httpx
 import numpy as np
 import pytest
 import pytest_asyncio
-from visionmesh.cli.synth import make_detect_dataset, zip_dataset
 
-from tests.gateway.helpers import upload_dataset, wait_for
-from tests.mesh import Mesh, running_mesh
+from tests.gateway.helpers import wait_for
+from tests.mesh import Mesh, box_iou, finished, running_mesh, train_detector
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.timeout(420)]
 
 REFERENCE_SCRIPT = Path(__file__).parents[2] / "scripts" / "ultralytics_predict_reference.py"
-TRAIN_SPEC = {
-    "framework": "ultralytics",
-    "task": "detect",
-    "model": "yolo11n.yaml",
-    "epochs": 2,
-    "imgsz": 64,
-    "batch": 8,
-    "seed": 0,
-}
 # A model trained for two epochs on 16 images is unsure of everything.
 CONF = 0.001
-TERMINAL = {"JOB_STATE_SUCCEEDED", "JOB_STATE_FAILED", "JOB_STATE_CANCELLED"}
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
@@ -48,41 +37,17 @@ async def mesh(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Mesh]:
         yield running
 
 
-async def _finished(client: httpx.AsyncClient, job_id: str, within: float = 300) -> dict[str, Any]:
-    async def done() -> bool:
-        return (await client.get(f"/v1/jobs/{job_id}")).json()["job"]["state"] in TERMINAL
-
-    await wait_for(done, within=within)
-    return dict((await client.get(f"/v1/jobs/{job_id}")).json()["job"])
-
-
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def deployed(mesh: Mesh) -> dict[str, Any]:
     """A detect model trained and exported through the mesh, deployed as "shapes"."""
-    root, archive = mesh.tmp / "detect-data", mesh.tmp / "detect.zip"
-    make_detect_dataset(root, n_train=16, n_val=8, imgsz=64, seed=0)
-    zip_dataset(root, archive)
+    version_id = (await train_detector(mesh))["id"]
     async with mesh.http() as client:
-        uploaded = await upload_dataset(client, archive, name="shapes")
-        assert uploaded["http_status"] == 200, uploaded
-        created = await client.post(
-            "/v1/training/jobs",
-            json={
-                "datasetId": uploaded["dataset"]["id"],
-                "spec": TRAIN_SPEC,
-                "modelName": "shapes",
-            },
-        )
-        assert created.status_code == 200, created.text
-        trained = await _finished(client, created.json()["job"]["id"], within=420)
-        assert trained["state"] == "JOB_STATE_SUCCEEDED", trained
-        version_id = trained["modelVersionId"]
         created = await client.post(
             "/v1/export/jobs",
             json={"modelVersionId": version_id, "spec": {"dynamicBatch": True, "maxBatchSize": 4}},
         )
         assert created.status_code == 200, created.text
-        exported = await _finished(client, created.json()["job"]["id"])
+        exported = await finished(client, created.json()["job"]["id"])
         assert exported["state"] == "JOB_STATE_SUCCEEDED", exported
 
         deploy = await client.post(
@@ -108,14 +73,6 @@ async def deployed(mesh: Mesh) -> dict[str, Any]:
     return {"version_id": version_id, "export_job_id": exported["id"]}
 
 
-def _iou(a: list[float], b: list[float]) -> float:
-    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
-
-
 def _boxes(result: dict[str, Any]) -> list[list[float]]:
     return [
         [
@@ -138,7 +95,7 @@ def _assert_same_detections(want: list[list[float]], got: list[list[float]]) -> 
             (
                 g
                 for g in free
-                if g[5] == box[5] and _iou(box, g) >= 0.99 and abs(box[4] - g[4]) <= 1e-3
+                if g[5] == box[5] and box_iou(box, g) >= 0.99 and abs(box[4] - g[4]) <= 1e-3
             ),
             None,
         )
@@ -274,7 +231,7 @@ async def test_a_batch_job_pages_its_results_and_survives_a_killed_service(
             },
         )
         assert created.status_code == 200, created.text
-        job = await _finished(client, created.json()["job"]["id"])
+        job = await finished(client, created.json()["job"]["id"])
         assert job["state"] == "JOB_STATE_SUCCEEDED", job
         # The job's status and its results are two routes, both readable.
         assert (await client.get(f"/v1/jobs/{job['id']}")).json()["job"]["id"] == job["id"]
