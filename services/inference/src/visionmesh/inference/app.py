@@ -146,6 +146,9 @@ class InferenceService:
                 model_name=package.model_name,
                 served_name=served_model_name(row.tenant_id, row.name, row.generation),
                 timeout_s=TRITON_LOAD_TIMEOUT_SECONDS,
+                # An export with a TensorRT engine was built for a GPU: Triton runs the
+                # engine there (and says why not where it cannot).
+                tensorrt=package.has_tensorrt,
             )
             backend, platform = triton, triton.platform
         else:

@@ -25,6 +25,8 @@ from visionmesh.common.storage import ObjectStore
 
 ONNX_PLATFORM = "onnxruntime_onnx"
 TENSORRT_PLATFORM = "tensorrt_plan"
+TENSORRT_SUFFIX = "-trt"
+"""The export names its TensorRT model `<model>-trt` in the Triton repository."""
 _PACKAGE_DONE = "package.json"
 
 
@@ -43,6 +45,8 @@ class Package:
     """The unzipped Triton model repository."""
     triton_config: dict[str, Any]
     """The model's config.pbtxt as Triton's JSON model config (proto field names)."""
+    has_tensorrt: bool = False
+    """The repository holds the export's TensorRT engine as `<model_name>-trt`."""
 
 
 def metadata_dict(metadata: export_pb2.ModelMetadata) -> dict[str, Any]:
@@ -127,6 +131,8 @@ def _open(export: export_pb2.ExportResult, export_job_id: str, directory: Path) 
         model_name=model_name,
         repository_dir=repository,
         triton_config=triton_config_json(config_path.read_text()) if config_path.exists() else {},
+        has_tensorrt=bool(export.tensorrt.key)
+        and (repository / f"{model_name}{TENSORRT_SUFFIX}").is_dir(),
     )
 
 

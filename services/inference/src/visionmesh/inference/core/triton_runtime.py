@@ -16,7 +16,6 @@ dependency (tritonclient[grpc] is the service's; the HTTP asyncio client needs a
 from __future__ import annotations
 
 import asyncio
-import logging
 import re
 import time
 from collections.abc import Mapping
@@ -38,7 +37,9 @@ from visionmesh.common.errors import (
     Unavailable,
     VisionMeshError,
 )
+from visionmesh.common.logging import get_logger
 from visionmesh.inference.core.model import Tensor, TensorSpec, Timing, kserve_datatype
+from visionmesh.inference.core.package import TENSORRT_PLATFORM, TENSORRT_SUFFIX
 
 __all__ = [
     "TENSORRT_PLATFORM",
@@ -49,11 +50,7 @@ __all__ = [
     "served_model_name",
 ]
 
-logger = logging.getLogger(__name__)
-
-TENSORRT_PLATFORM = "tensorrt_plan"
-TENSORRT_SUFFIX = "-trt"
-"""The export writes a TensorRT engine as the model `<name>-trt` beside `<name>`."""
+_log = get_logger(__name__)
 
 # Triton writes a loaded model's files under a directory of its name: no path separators.
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -205,7 +202,7 @@ async def load_into_triton(
             await _unload_quietly(client, url, served_name)
         await client.close()
         raise
-    logger.info("loaded %s (%s) into Triton at %s", served_name, model.directory, url)
+    _log.info("loaded into Triton", served_name=served_name, model=model.directory, url=url)
     return runtime
 
 
@@ -372,11 +369,17 @@ async def _unload_quietly(
         deadline = time.monotonic() + _UNLOAD_TIMEOUT_S
         while await client.is_model_ready(served_name, client_timeout=_UNLOAD_TIMEOUT_S):
             if time.monotonic() > deadline:
-                logger.warning("Triton at %s still serves %s after unloading", url, served_name)
+                _log.warning(
+                    "Triton still serves the model after unloading",
+                    url=url,
+                    served_name=served_name,
+                )
                 return
             await asyncio.sleep(_READY_POLL_S)
     except InferenceServerException as exc:
-        logger.warning("could not unload %s from Triton at %s: %s", served_name, url, exc)
+        _log.warning(
+            "could not unload from Triton", served_name=served_name, url=url, error=str(exc)
+        )
 
 
 def _tensor_spec(tensor: Any) -> TensorSpec:
