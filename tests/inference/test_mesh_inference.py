@@ -254,6 +254,25 @@ async def test_a_batch_job_pages_its_results_and_survives_a_killed_service(
         artifacts = (await client.get(f"/v1/jobs/{job['id']}/artifacts")).json()["artifacts"]
         assert {"coco.json"} <= {a["name"].rsplit("/", 1)[-1] for a in artifacts}
 
+        # A model version runs too, without a deployment: its export is loaded for the job.
+        by_version = await client.post(
+            "/v1/batch-inference/jobs",
+            json={
+                "spec": {
+                    "modelVersionId": deployed["version_id"],
+                    "inputPrefix": upload.json()["inputPrefix"],
+                    "options": {"conf": CONF},
+                }
+            },
+        )
+        assert by_version.status_code == 200, by_version.text
+        second = await finished(client, by_version.json()["job"]["id"])
+        assert second["state"] == "JOB_STATE_SUCCEEDED", second
+        page = await client.get(
+            f"/v1/batch-inference/jobs/{second['id']}/results", params={"pageSize": 100}
+        )
+        assert [_boxes(r) for r in page.json()["results"]] == [_boxes(r) for r in results]
+
         # kill -9: the supervisor restarts the service, which reloads its deployments from SQL.
         inference = mesh.stack.service("inference")
         old_pid = inference.pid
