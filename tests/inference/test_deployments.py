@@ -49,6 +49,10 @@ from tests.models import (
 
 pytestmark = pytest.mark.timeout(300)
 
+# The store's SQL is exercised on both backends by the load and the replicas tests; the
+# rest are about serving, on SQLite.
+SQLITE_ONLY = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+
 READY = inference_pb2.DEPLOYMENT_STATE_READY
 FAILED = inference_pb2.DEPLOYMENT_STATE_FAILED
 LOADING = inference_pb2.DEPLOYMENT_STATE_LOADING
@@ -239,6 +243,7 @@ async def test_a_deployment_loads_in_the_background_and_serves_only_its_tenant(
         await _call(USER_A, service.core.get_deployment, "shapes")
 
 
+@SQLITE_ONLY
 async def test_only_the_gateway_may_hand_over_an_export(
     replica_factory: Callable[[str], Any], exports: dict[str, export_pb2.ExportResult]
 ) -> None:
@@ -261,6 +266,7 @@ async def test_only_the_gateway_may_hand_over_an_export(
     assert [v.field for v in raised.value.field_violations] == ["backend"]
 
 
+@SQLITE_ONLY
 async def test_a_corrupt_package_fails_with_its_reason_and_is_not_served(
     replica_factory: Callable[[str], Any],
     exports: dict[str, export_pb2.ExportResult],
@@ -277,6 +283,7 @@ async def test_a_corrupt_package_fails_with_its_reason_and_is_not_served(
         await _call(USER_A, service.core.predict, _predict("bad", jpeg(1)))
 
 
+@SQLITE_ONLY
 async def test_images_by_key_stay_in_the_tenant_and_bad_ones_are_named(
     replica_factory: Callable[[str], Any],
     exports: dict[str, export_pb2.ExportResult],
@@ -330,6 +337,7 @@ async def test_a_restarted_replica_reloads_and_replicas_converge(
         await asyncio.sleep(0.1)
 
 
+@SQLITE_ONLY
 async def test_a_redeploy_under_load_swaps_without_a_failed_request(
     replica_factory: Callable[[str], Any],
     exports: dict[str, export_pb2.ExportResult],
@@ -379,6 +387,7 @@ async def test_a_redeploy_under_load_swaps_without_a_failed_request(
     assert swapped.state == READY and swapped.export_job_id == "export-detect"
 
 
+@SQLITE_ONLY
 async def test_a_deployment_is_a_kserve_model_for_triton_clients(
     replica_factory: Callable[[str], Any],
     exports: dict[str, export_pb2.ExportResult],
