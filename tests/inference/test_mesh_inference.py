@@ -185,6 +185,9 @@ async def test_triton_clients_reach_the_deployment_with_an_issued_token(
         issued = await client.post("/v1/auth/service-tokens", json={"audience": "inference"})
         assert issued.status_code == 200, issued.text
         headers = {"authorization": f"Bearer {issued.json()['token']}"}
+        key = await client.post("/v1/apikeys", json={"name": "triton-client"})
+        assert key.status_code == 200, key.text
+        created_key = key.json()
     triton = httpclient.InferenceServerClient(f"127.0.0.1:{mesh.stack.ports.kserve_http}")
     try:
         assert await triton.is_server_live()
@@ -200,6 +203,14 @@ async def test_triton_clients_reach_the_deployment_with_an_issued_token(
         assert not await triton.is_model_ready("shapes")
         with pytest.raises(InferenceServerException):
             await triton.get_model_metadata("shapes")
+        # What users already hold works too: an API key, or the token from login (the
+        # gateway vouches for them); a revoked key stops working.
+        api_key = {"authorization": f"Bearer {created_key['secret']}"}
+        login = {"authorization": f"Bearer {mesh.token}"}
+        for credentials in (api_key, login):
+            assert await triton.is_model_ready("shapes", headers=credentials)
+        with pytest.raises(InferenceServerException):
+            await triton.get_model_metadata("shapes", headers={"authorization": "Bearer vm_nope"})
     finally:
         await triton.close()
 

@@ -189,6 +189,8 @@ class Stack:
                         "VISIONMESH_GRPC_PORT": str(p.inference_grpc),
                         "VISIONMESH_KSERVE_GRPC_PORT": str(p.kserve_grpc),
                         "VISIONMESH_KSERVE_HTTP_PORT": str(p.kserve_http),
+                        # Checks users' API keys and access tokens on the KServe ports.
+                        "VISIONMESH_GATEWAY_ADDR": f"127.0.0.1:{p.gateway_grpc}",
                     },
                 )
             )

@@ -17,10 +17,11 @@ from visionmesh.common.db import Database, run_migrations
 from visionmesh.common.events import EventBus
 from visionmesh.common.jobs import JobMetrics, JobWorker, serve_workers, worker_spec
 from visionmesh.common.logging import configure_logging, get_logger
-from visionmesh.common.rpc import GrpcServer
+from visionmesh.common.rpc import GrpcServer, connect
 from visionmesh.common.settings import load_settings, service_token_authenticator
 from visionmesh.common.storage import ObjectStore
 from visionmesh.common.subjects import ensure_job_streams
+from visionmesh.inference.api.credentials import GatewayCredentials
 from visionmesh.inference.api.kserve import KSERVE_PUBLIC_METHODS, KServeDataplane
 from visionmesh.inference.api.kserve_grpc import add_kserve_service
 from visionmesh.inference.api.kserve_http import (
@@ -56,8 +57,12 @@ class InferenceService:
         self.settings = settings
         self.db = Database(settings.resolved_database_url())
         self.objects = ObjectStore(settings.object_store_config())
-        authenticator = service_token_authenticator(
-            settings, audience=AUDIENCE, public_methods=KSERVE_PUBLIC_METHODS
+        self.gateway = connect(settings.gateway_addr) if settings.gateway_addr else None
+        authenticator = GatewayCredentials(
+            service_token_authenticator(
+                settings, audience=AUDIENCE, public_methods=KSERVE_PUBLIC_METHODS
+            ),
+            self.gateway,
         )
         self.grpc = GrpcServer(settings=settings, authenticator=authenticator)
         self.metrics = ServingMetrics.create(self.grpc.registry)
@@ -125,6 +130,7 @@ class InferenceService:
         row = DeploymentRow(
             tenant_id=tenant_id,
             name=f"batch-{spec.model_version_id}",
+            model_version_id=spec.model_version_id,
             generation=0,
             backend="onnxruntime",
             device="auto",
@@ -175,6 +181,7 @@ class InferenceService:
             metadata=package.metadata,
             runtime=runtime,
             platform=platform,
+            model_version_id=row.model_version_id,
             # Clients know the model by the deployment's name, not the export's.
             triton_config={**package.triton_config, "name": row.name},
             stats=stats,
@@ -202,6 +209,8 @@ class InferenceService:
             await self.kserve_http.stop()
         await self.kserve_grpc.stop()
         await self.manager.close()
+        if self.gateway is not None:
+            await self.gateway.close()
         self.objects.close()
         await self.db.dispose()
 

@@ -36,6 +36,11 @@ class InferenceSettings(WorkerServiceSettings):
         description="KServe v2 REST port (/v2/..., as Triton's 8000)",
     )
     kserve_host: str = Field(default="127.0.0.1", description="KServe REST listen address")
+    gateway_addr: str = Field(
+        default="",
+        description="the gateway's gRPC address (host:50051), which checks users' API keys and "
+        "access tokens on the KServe ports; empty accepts only gateway-minted service tokens",
+    )
     database_url: str = Field(
         default="",
         description="SQLAlchemy URL of the deployments table (shared by all replicas); "

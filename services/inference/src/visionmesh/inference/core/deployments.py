@@ -406,6 +406,10 @@ class DeploymentManager:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(waiter, seconds)
 
+    def knows(self, tenant_id: str, name: str) -> bool:
+        """Whether this replica has read the deployment from the table."""
+        return (tenant_id, name) in self._slots
+
     @contextlib.asynccontextmanager
     async def acquire(self, tenant_id: str, name: str) -> AsyncIterator[LoadedModel]:
         """The model serving the deployment, held for the duration of one call.

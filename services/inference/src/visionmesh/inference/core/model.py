@@ -129,6 +129,8 @@ class LoadedModel:
     """The batcher in front of the backend."""
     platform: str
     """Triton's platform name of the backend, e.g. "onnxruntime_onnx"."""
+    model_version_id: str = ""
+    """The registered model version it serves."""
     triton_config: dict[str, Any] = field(default_factory=dict)
     """The export's Triton model config as JSON (Triton's model-config extension), with
     parameters.metadata as the export wrote it."""

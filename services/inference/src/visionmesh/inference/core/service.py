@@ -186,14 +186,18 @@ class InferenceCore:
 
     async def predict(self, request: inference_pb2.PredictRequest) -> inference_pb2.PredictResponse:
         caller = require_principal()
-        row = await self._row(caller, request.deployment)
+        name = request.deployment
+        if not self._manager.knows(caller.tenant_id, name):
+            # Not loaded here (yet): NOT_FOUND unless the table has it. A served deployment
+            # answers from memory, without a database round trip per call.
+            await self._row(caller, name)
         inputs = [
             await self._image(caller, index, image) for index, image in enumerate(request.images)
         ]
-        async with self._manager.acquire(caller.tenant_id, row.name) as model:
+        async with self._manager.acquire(caller.tenant_id, name) as model:
             response = await self.predictor(model).predict(inputs, request.options)
-        response.deployment = row.name
-        response.model_version_id = row.model_version_id
+        response.deployment = name
+        response.model_version_id = model.model_version_id
         return response
 
     def predictor(self, model: LoadedModel) -> Predictor:
