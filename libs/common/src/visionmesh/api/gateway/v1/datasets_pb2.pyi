@@ -24,6 +24,7 @@ class DatasetFormat(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     DATASET_FORMAT_UNSPECIFIED: _ClassVar[DatasetFormat]
     DATASET_FORMAT_YOLO_DETECT: _ClassVar[DatasetFormat]
     DATASET_FORMAT_CLASSIFY_FOLDERS: _ClassVar[DatasetFormat]
+    DATASET_FORMAT_CATALOG: _ClassVar[DatasetFormat]
 DATASET_STATE_UNSPECIFIED: DatasetState
 DATASET_STATE_UPLOADING: DatasetState
 DATASET_STATE_READY: DatasetState
@@ -31,6 +32,7 @@ DATASET_STATE_FAILED: DatasetState
 DATASET_FORMAT_UNSPECIFIED: DatasetFormat
 DATASET_FORMAT_YOLO_DETECT: DatasetFormat
 DATASET_FORMAT_CLASSIFY_FOLDERS: DatasetFormat
+DATASET_FORMAT_CATALOG: DatasetFormat
 
 class SplitStats(_message.Message):
     __slots__ = ("name", "image_count", "instances_per_class")
@@ -50,7 +52,7 @@ class SplitStats(_message.Message):
     def __init__(self, name: _Optional[str] = ..., image_count: _Optional[int] = ..., instances_per_class: _Optional[_Mapping[str, int]] = ...) -> None: ...
 
 class Dataset(_message.Message):
-    __slots__ = ("id", "tenant_id", "name", "description", "state", "format", "class_names", "splits", "image_count", "size_bytes", "manifest_key", "manifest_sha256", "failure_reason", "create_time", "update_time")
+    __slots__ = ("id", "tenant_id", "name", "description", "state", "format", "class_names", "splits", "image_count", "size_bytes", "manifest_key", "manifest_sha256", "failure_reason", "create_time", "update_time", "product_count", "products_without_images")
     ID_FIELD_NUMBER: _ClassVar[int]
     TENANT_ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
@@ -66,6 +68,8 @@ class Dataset(_message.Message):
     FAILURE_REASON_FIELD_NUMBER: _ClassVar[int]
     CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
     UPDATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    PRODUCT_COUNT_FIELD_NUMBER: _ClassVar[int]
+    PRODUCTS_WITHOUT_IMAGES_FIELD_NUMBER: _ClassVar[int]
     id: str
     tenant_id: str
     name: str
@@ -81,10 +85,12 @@ class Dataset(_message.Message):
     failure_reason: str
     create_time: _timestamp_pb2.Timestamp
     update_time: _timestamp_pb2.Timestamp
-    def __init__(self, id: _Optional[str] = ..., tenant_id: _Optional[str] = ..., name: _Optional[str] = ..., description: _Optional[str] = ..., state: _Optional[_Union[DatasetState, str]] = ..., format: _Optional[_Union[DatasetFormat, str]] = ..., class_names: _Optional[_Iterable[str]] = ..., splits: _Optional[_Iterable[_Union[SplitStats, _Mapping]]] = ..., image_count: _Optional[int] = ..., size_bytes: _Optional[int] = ..., manifest_key: _Optional[str] = ..., manifest_sha256: _Optional[str] = ..., failure_reason: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    product_count: int
+    products_without_images: int
+    def __init__(self, id: _Optional[str] = ..., tenant_id: _Optional[str] = ..., name: _Optional[str] = ..., description: _Optional[str] = ..., state: _Optional[_Union[DatasetState, str]] = ..., format: _Optional[_Union[DatasetFormat, str]] = ..., class_names: _Optional[_Iterable[str]] = ..., splits: _Optional[_Iterable[_Union[SplitStats, _Mapping]]] = ..., image_count: _Optional[int] = ..., size_bytes: _Optional[int] = ..., manifest_key: _Optional[str] = ..., manifest_sha256: _Optional[str] = ..., failure_reason: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., product_count: _Optional[int] = ..., products_without_images: _Optional[int] = ...) -> None: ...
 
 class Snapshot(_message.Message):
-    __slots__ = ("id", "dataset_id", "tenant_id", "description", "manifest_key", "manifest_sha256", "format", "class_names", "image_count", "create_time")
+    __slots__ = ("id", "dataset_id", "tenant_id", "description", "manifest_key", "manifest_sha256", "format", "class_names", "image_count", "create_time", "product_count")
     ID_FIELD_NUMBER: _ClassVar[int]
     DATASET_ID_FIELD_NUMBER: _ClassVar[int]
     TENANT_ID_FIELD_NUMBER: _ClassVar[int]
@@ -95,6 +101,7 @@ class Snapshot(_message.Message):
     CLASS_NAMES_FIELD_NUMBER: _ClassVar[int]
     IMAGE_COUNT_FIELD_NUMBER: _ClassVar[int]
     CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    PRODUCT_COUNT_FIELD_NUMBER: _ClassVar[int]
     id: str
     dataset_id: str
     tenant_id: str
@@ -105,7 +112,8 @@ class Snapshot(_message.Message):
     class_names: _containers.RepeatedScalarFieldContainer[str]
     image_count: int
     create_time: _timestamp_pb2.Timestamp
-    def __init__(self, id: _Optional[str] = ..., dataset_id: _Optional[str] = ..., tenant_id: _Optional[str] = ..., description: _Optional[str] = ..., manifest_key: _Optional[str] = ..., manifest_sha256: _Optional[str] = ..., format: _Optional[_Union[DatasetFormat, str]] = ..., class_names: _Optional[_Iterable[str]] = ..., image_count: _Optional[int] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    product_count: int
+    def __init__(self, id: _Optional[str] = ..., dataset_id: _Optional[str] = ..., tenant_id: _Optional[str] = ..., description: _Optional[str] = ..., manifest_key: _Optional[str] = ..., manifest_sha256: _Optional[str] = ..., format: _Optional[_Union[DatasetFormat, str]] = ..., class_names: _Optional[_Iterable[str]] = ..., image_count: _Optional[int] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., product_count: _Optional[int] = ...) -> None: ...
 
 class CreateDatasetRequest(_message.Message):
     __slots__ = ("name", "description")

@@ -90,7 +90,7 @@ class DatasetServiceServicer:
 
     def FinalizeDataset(self, request, context):
         """Validates the uploaded zip, detects its format, counts images and instances per
-        class and split, writes a content-hash manifest and marks the dataset READY.
+        class and split (a catalog: images and products), writes a content-hash manifest and marks the dataset READY.
         A bad archive marks it FAILED with the reason and answers INVALID_ARGUMENT naming
         the offending file. Errors: NOT_FOUND, FAILED_PRECONDITION (nothing uploaded, or
         already READY), INVALID_ARGUMENT.
