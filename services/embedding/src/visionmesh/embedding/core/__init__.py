@@ -1,0 +1,1 @@
+"""The embedding service core: embedders and vector stores, free of any transport."""
