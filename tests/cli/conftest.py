@@ -6,13 +6,19 @@ import io
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TextIO
+from typing import TextIO, cast
 
 import pytest
 import structlog
 from typer.testing import CliRunner
 
-from tests.gateway.conftest import bus, harness, make_gateway, served  # noqa: F401
+from tests.gateway.conftest import (  # noqa: F401
+    bus,
+    detect_package,
+    harness,
+    make_gateway,
+    served,
+)
 
 
 @pytest.fixture
@@ -51,6 +57,7 @@ def _gateway_logs_stay_out_of_cli_output() -> Iterator[None]:
     saved = structlog.get_config()
     # A wrapper, not sys.stdout itself: PrintLogger treats the stream that was sys.stdout
     # when structlog was imported as "the current sys.stdout" and looks it up per line.
-    structlog.configure(logger_factory=structlog.PrintLoggerFactory(file=_Pinned(sys.stdout)))
+    pinned = cast(TextIO, _Pinned(sys.stdout))  # writes like a text stream, all it needs
+    structlog.configure(logger_factory=structlog.PrintLoggerFactory(file=pinned))
     yield
     structlog.configure(**saved)

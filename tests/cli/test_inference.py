@@ -1,6 +1,6 @@
 """`deploy`, `deployments`, `predict` and `batch`: their pure parts (options, drawing, inputs)
-directly, and the commands end to end against a real in-process gateway whose inference
-service is the recording stand-in of tests/gateway/inference_service.py."""
+directly, and the commands end to end against a real in-process gateway in front of the
+real inference service and its batch worker (tests/gateway/served_inference.py)."""
 
 from __future__ import annotations
 
@@ -11,10 +11,9 @@ from pathlib import Path
 
 import pytest
 import typer
+from google.protobuf import json_format
 from PIL import Image
 from typer.testing import CliRunner, Result
-from visionmesh.api.common.v1 import job_pb2
-from visionmesh.api.inference.v1 import inference_pb2
 from visionmesh.cli.app import app
 from visionmesh.cli.commands.inference import (
     batch_inputs,
@@ -24,8 +23,13 @@ from visionmesh.cli.commands.inference import (
 )
 from visionmesh.common.events import EventBus
 
-from tests.gateway.helpers import ScriptedWorker, wait_for
-from tests.gateway.inference_service import InferenceHarness, exported_version
+from tests.gateway.served_inference import (
+    InferenceHarness,
+    batch_worker,
+    exported_version,
+    predict_request,
+    without_timing,
+)
 from tests.gateway.test_export_jobs import tenant_of
 
 # -- pure parts --------------------------------------------------------------------------------
@@ -162,35 +166,60 @@ async def test_deploy_predict_and_manage_deployments(
     harness = served.gateway
     token = await harness.signup_and_login()
     monkeypatch.setenv("VISIONMESH_TOKEN", token)
-    version_id, export_jobs = await exported_version(harness, token)
+    version_id, export_jobs = await exported_version(served, token)
+    async with harness.http(token) as client:
+        tenant_id = await tenant_of(client)
     cli = Cli(harness.rest_url, runner)
 
     out = ok(await cli("deploy", version_id, "--name", "dets", "--wait")).stdout
     assert "READY" in out and export_jobs[-1] in out
+    row = await served.service.store.get(tenant_id, "dets")
+    assert row is not None and row.export_job_id == export_jobs[-1]
     listed = json.loads(ok(await cli("deployments", "list", "--json")).stdout)
     assert [d["name"] for d in listed["deployments"]] == ["dets"]
+    assert listed["deployments"][0]["state"] == "DEPLOYMENT_STATE_READY"
     assert "dets" in ok(await cli("deployments", "get", "dets")).stdout
 
     images = [_png(tmp_path / "one.png"), _png(tmp_path / "two.png", (10, 10, 10))]
     predicted = ok(
         await cli(
             "predict", "dets", *map(str, images),
-            "--conf", "0.3", "--classes", "1,2", "--save", str(tmp_path / "drawn"),
+            "--conf", "0.3", "--classes", "2,59", "--max-det", "2",
+            "--save", str(tmp_path / "drawn"),
         )
     ).stdout  # fmt: skip
-    assert predicted.count("square") == 2 and "0.875" in predicted
-    request = served.service.last("Predict").request
-    assert [i.data for i in request.images] == [p.read_bytes() for p in images]
-    assert request.options.conf == pytest.approx(0.3) and list(request.options.classes) == [1, 2]
-    with Image.open(tmp_path / "drawn" / "one.png") as drawn:
-        assert drawn.getpixel((2, 8)) == (56, 56, 255)  # class 1's box edge at x1=2
-    as_json = json.loads(ok(await cli("predict", "dets", str(images[0]), "--json")).stdout)
-    assert as_json["results"][0]["detections"][0]["className"] == "square"
+    # What the service answers itself for these files and options, row by row.
+    direct = await served.direct(
+        tenant_id,
+        "predict",
+        predict_request(
+            "dets", *(p.read_bytes() for p in images), conf=0.3, classes=[2, 59], max_det=2
+        ),
+    )
+    assert [len(r.detections) for r in direct.results] == [2, 2]
+    rows = [r for r in map(str.split, predicted.splitlines()) if r and r[0].endswith(".png")]
+    assert [(r[0], r[1], r[2]) for r in rows] == [
+        (image.name, d.class_name, f"{d.score:.3f}")
+        for image, result in zip(images, direct.results, strict=True)
+        for d in result.detections
+    ]
+    for image, result in zip(images, direct.results, strict=True):
+        with Image.open(image) as original, Image.open(tmp_path / "drawn" / image.name) as drawn:
+            expected = draw_results(original.convert("RGB"), json_format.MessageToDict(result))
+            assert drawn.tobytes() == expected.tobytes() != original.convert("RGB").tobytes()
+    as_json = json.loads(
+        ok(await cli("predict", "dets", str(images[0]), "--conf", "0.3", "--json")).stdout
+    )
+    alone = await served.direct(
+        tenant_id, "predict", predict_request("dets", images[0].read_bytes(), conf=0.3)
+    )
+    assert without_timing(as_json) == without_timing(alone)
 
     missing = await cli("predict", "nope", str(images[0]))
     assert missing.exit_code == 1 and "NOT_FOUND" in missing.output
     ok(await cli("deployments", "delete", "dets"))
     assert json.loads(ok(await cli("deployments", "list", "--json")).stdout)["deployments"] == []
+    assert await served.service.store.get(tenant_id, "dets") is None
 
 
 @sqlite_only
@@ -204,9 +233,9 @@ async def test_batch_uploads_runs_and_writes_the_results(
     harness = served.gateway
     token = await harness.signup_and_login()
     monkeypatch.setenv("VISIONMESH_TOKEN", token)
-    version_id, _ = await exported_version(harness, token)
+    version_id, export_jobs = await exported_version(served, token)
     cli = Cli(harness.rest_url, runner)
-    ok(await cli("deploy", version_id, "--name", "dets"))
+    ok(await cli("deploy", version_id, "--name", "dets", "--wait"))
     async with harness.http(token) as client:
         tenant_id = await tenant_of(client)
     folder = tmp_path / "in"
@@ -215,45 +244,40 @@ async def test_batch_uploads_runs_and_writes_the_results(
 
     out = ok(await cli("batch", "dets", str(folder), "--conf", "0.2")).stdout
     assert "Created batch inference job" in out
-    spec = served.service.last("ValidateBatchSpec").request.spec
-    assert spec.deployment == "dets" and spec.options.conf == pytest.approx(0.2)
+    async with harness.http(token) as client:
+        (job,) = (await client.get("/v1/jobs", params={"kind": "JOB_KIND_BATCH_INFERENCE"})).json()[
+            "jobs"
+        ]
+    assert job["id"] in out
+    spec = job["spec"]
+    assert spec["deployment"] == "dets" and spec["options"]["conf"] == pytest.approx(0.2)
     store = harness.gateway.store
-    root = f"tenants/{tenant_id}/{spec.input_prefix}"
+    root = f"tenants/{tenant_id}/{spec['inputPrefix']}"
     assert [o.key[len(root) :] for o in await store.list(root)] == ["a.png", "sub__b.png"]
     assert await store.get_bytes(root + "a.png") == inputs[0].read_bytes()
 
-    # --output: watch the job, then page its results into a file.
+    # --output: watch the job the service's batch worker runs, then page its results into
+    # a file.
     results_file = tmp_path / "results.jsonl"
-    task = asyncio.create_task(
-        cli("batch", "--model-version", version_id, str(folder), "--output", str(results_file))
-    )
-
-    async def created() -> str:
-        jobs = [
-            c for c in served.service.calls
-            if c.method == "ValidateBatchSpec" and c.request.spec.model_version_id
-        ]  # fmt: skip
-        return jobs[-1].request.spec.output_prefix if jobs else ""
-
-    output_prefix = await wait_for(created, what="the second batch job")
-    job_id = output_prefix.rstrip("/").rsplit("/", 1)[-1]
-    lines = [
-        inference_pb2.ImageResult(key=f"{spec.input_prefix}{name}", width=i + 1)
-        for i, name in enumerate(("a.png", "sub__b.png"))
-    ]
-    from google.protobuf import json_format
-
-    await store.put_bytes(
-        f"tenants/{tenant_id}/{output_prefix}predictions-00000.jsonl",
-        "\n".join(json_format.MessageToJson(r, indent=None) for r in lines).encode(),
-    )
-    worker = ScriptedWorker(bus, job_id=job_id, tenant_id=tenant_id)
-    await worker.state(job_pb2.JOB_STATE_RUNNING)
-    await worker.state(job_pb2.JOB_STATE_SUCCEEDED)
-    finished = ok(await asyncio.wait_for(task, 60))
+    async with batch_worker(bus, served.service):
+        finished = ok(
+            await asyncio.wait_for(
+                cli(
+                    "batch", "--model-version", version_id, str(folder),
+                    "--output", str(results_file),
+                ),
+                120,
+            )
+        )  # fmt: skip
     assert "SUCCEEDED" in finished.stdout
     written = [json.loads(line) for line in results_file.read_text().splitlines()]
-    assert [r["width"] for r in written] == [1, 2]
+    assert [r["key"].rsplit("/", 1)[-1] for r in written] == ["a.png", "sub__b.png"]
+    assert all((r["width"], r["height"]) == (32, 24) and r["detections"] for r in written)
+    async with harness.http(token) as client:
+        jobs = (await client.get("/v1/jobs", params={"kind": "JOB_KIND_BATCH_INFERENCE"})).json()
+    by_version = next(j for j in jobs["jobs"] if j.get("modelVersionId") == version_id)
+    assert by_version["state"] == "JOB_STATE_SUCCEEDED"
+    assert by_version["spec"]["export"]["onnx"]["key"] == f"jobs/{export_jobs[-1]}/model.onnx"
 
     both = await cli("batch", str(folder))
     assert both.exit_code == 1 and "DEPLOYMENT and an INPUT" in both.output

@@ -34,7 +34,9 @@ from visionmesh.training.api.servicer import TrainingServicer
 from visionmesh.training.config import TrainingSettings
 
 if TYPE_CHECKING:
-    from tests.gateway.inference_service import InferenceHarness
+    from visionmesh.export.core.pipeline import ExportPackage
+
+    from tests.gateway.served_inference import InferenceHarness
 
 S3_ACCESS_KEY = "visionmesh-test"
 S3_SECRET_KEY = "visionmesh-test-secret"
@@ -252,32 +254,82 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
+@pytest.fixture(scope="module")
+def detect_package(tmp_path_factory: pytest.TempPathFactory) -> ExportPackage:
+    """A real export package of a confident random-init YOLO11n at 64 px (once per module)."""
+    from visionmesh.api.export.v1 import export_pb2
+
+    from tests.models import export_package, export_target, yolo_checkpoint
+
+    tmp = tmp_path_factory.mktemp("detect-package")
+    checkpoint = yolo_checkpoint(tmp / "detect.pt", "yolo11n.yaml", confident=True)
+    target = export_target(export_pb2.ExportSpec(), "ultralytics", "detect", ())
+    return export_package(tmp / "out", checkpoint, target, images=2)
+
+
+@pytest.fixture(scope="module")
+def classify_package(tmp_path_factory: pytest.TempPathFactory) -> ExportPackage:
+    """A real export package of a random-init resnet18 classifier at 64 px (once per module)."""
+    from visionmesh.api.export.v1 import export_pb2
+
+    from tests.models import NAMES, classifier_checkpoint, export_package, export_target
+
+    tmp = tmp_path_factory.mktemp("classify-package")
+    checkpoint = classifier_checkpoint(tmp / "classify.pt")
+    target = export_target(export_pb2.ExportSpec(), "torchvision", "classify", NAMES)
+    return export_package(tmp / "out", checkpoint, target, images=2)
+
+
 @pytest_asyncio.fixture
 async def served(
-    make_gateway: GatewayFactory, nats_server: NatsServer, database_url: str, tmp_path: Path
+    make_gateway: GatewayFactory,
+    nats_server: NatsServer,
+    s3_server: SeaweedS3,
+    database_url: str,
+    tmp_path: Path,
+    detect_package: ExportPackage,
 ) -> AsyncIterator[InferenceHarness]:
-    """A gateway whose inference service is the recording stand-in (inference_service.py)."""
+    """A gateway in front of the real inference service (served_inference.py), run in-process
+    on the gateway's bucket and NATS and verifying the tokens the gateway signs."""
     from visionmesh.common.auth import public_key_pem
+    from visionmesh.common.storage import ObjectStoreConfig
 
-    from tests.gateway.inference_service import (
+    from tests.gateway.served_inference import (
         InferenceHarness,
-        RecordingInference,
-        start_inference_server,
+        inference_settings,
+        running_inference,
     )
 
     key = generate_signing_key()
     key_file = tmp_path / "gateway-signing.pem"
     key_file.write_bytes(private_key_pem(key))
     key_file.chmod(0o600)
-    service = RecordingInference()
-    server = await start_inference_server(tmp_path, public_key_pem(key.public_key()), service)
-    try:
+    public_file = tmp_path / "gateway-public.pem"
+    public_file.write_bytes(public_key_pem(key.public_key()))
+    store = ObjectStoreConfig(
+        endpoint=s3_server.endpoint,
+        access_key=S3_ACCESS_KEY,
+        secret_key=S3_SECRET_KEY,
+        bucket=f"gw-{uuid.uuid4().hex[:16]}",
+    )
+    # PostgreSQL: one database for both, as deployed (the service keeps its own tables and
+    # migration history). SQLite: a file each, so neither waits on the other's write lock.
+    inference_db = database_url
+    if database_url.startswith("sqlite"):
+        inference_db = f"sqlite+aiosqlite:///{tmp_path / 'inference.db'}"
+    settings = inference_settings(
+        tmp_path / "inference",
+        database_url=inference_db,
+        store=store,
+        public_key_file=public_file,
+        nats_url=nats_server.url,
+    )
+    async with running_inference(settings) as service:
         harness = await make_gateway(
             nats_url=nats_server.url,
             database_url=database_url,
             signing_key_file=key_file,
-            inference_addr=f"127.0.0.1:{server.port}",
+            inference_addr=f"127.0.0.1:{service.grpc.port}",
+            s3_bucket=store.bucket,
         )
-        yield InferenceHarness(gateway=harness, service=service)
-    finally:
-        await server.stop(0)
+        yield InferenceHarness(gateway=harness, service=service, detect=detect_package)
