@@ -102,6 +102,8 @@ def dataset(row: db.Dataset) -> datasets_pb2.Dataset:
         failure_reason=row.failure_reason,
         create_time=timestamp(row.created_at),
         update_time=timestamp(row.updated_at),
+        product_count=row.product_count,
+        products_without_images=row.products_without_images,
     )
 
 
@@ -117,6 +119,7 @@ def snapshot(row: db.Snapshot) -> datasets_pb2.Snapshot:
         class_names=row.class_names or [],
         image_count=row.image_count,
         create_time=timestamp(row.created_at),
+        product_count=row.product_count,
     )
 
 

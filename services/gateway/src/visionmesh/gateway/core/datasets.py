@@ -42,6 +42,7 @@ FAILED = datasets_pb2.DATASET_STATE_FAILED
 _FORMATS = {
     "detect": datasets_pb2.DATASET_FORMAT_YOLO_DETECT,
     "classify": datasets_pb2.DATASET_FORMAT_CLASSIFY_FOLDERS,
+    "catalog": datasets_pb2.DATASET_FORMAT_CATALOG,
 }
 
 
@@ -287,6 +288,8 @@ class DatasetsCore:
             ],
             "image_count": report.image_count,
             "size_bytes": report.size_bytes,
+            "product_count": report.product_count,
+            "products_without_images": report.products_without_images,
         }
 
     # -- snapshots --------------------------------------------------------------------
@@ -317,6 +320,7 @@ class DatasetsCore:
             format=row.format,
             class_names=list(row.class_names or []),
             image_count=row.image_count,
+            product_count=row.product_count,
         )
 
     async def snapshot_for_job(

@@ -84,6 +84,9 @@ class Dataset(Base):
     splits: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
     image_count: Mapped[int] = mapped_column(BigInteger, default=0)
     size_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    # Catalog datasets only (0 for the other formats).
+    product_count: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    products_without_images: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     archive_key: Mapped[str] = mapped_column(String(512))
     manifest_key: Mapped[str] = mapped_column(String(512), default="")
     manifest_sha256: Mapped[str] = mapped_column(String(64), default="")
@@ -107,6 +110,7 @@ class Snapshot(Base):
     format: Mapped[int] = mapped_column(Integer)
     class_names: Mapped[list[str]] = mapped_column(JSON, default=list)
     image_count: Mapped[int] = mapped_column(BigInteger, default=0)
+    product_count: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 

@@ -9,8 +9,15 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from visionmesh.common.datasets import DatasetManifest, ManifestFile, ManifestSplit, label_dir
+from visionmesh.common.datasets import (
+    DatasetManifest,
+    ManifestFile,
+    ManifestProduct,
+    ManifestSplit,
+    label_dir,
+)
 from visionmesh.common.errors import FieldViolation
+from visionmesh.gateway.core.archive._catalog import plan_catalog
 from visionmesh.gateway.core.archive._images import ImageChecker
 from visionmesh.gateway.core.archive._labels import parse_label
 from visionmesh.gateway.core.archive._layout import (
@@ -59,11 +66,11 @@ class ArchiveReport:
 
     format: DatasetFormatName
     class_names: list[str]
-    """Class names in id order."""
+    """Class names in id order (none for a catalog)."""
     splits: list[SplitReport]
-    """train, val, then test when present."""
+    """train, val, then test when present (none for a catalog)."""
     image_count: int
-    """Distinct images across the splits."""
+    """Distinct images across the splits (catalog: the products' images)."""
     size_bytes: int
     """Size of the zip file itself."""
     root_prefix: str
@@ -71,6 +78,10 @@ class ArchiveReport:
     manifest: DatasetManifest
     """The resolved layout, every regular file under the root and the archive's hash."""
     manifest_sha256: str
+    product_count: int = 0
+    """Catalog: products listed in products.jsonl."""
+    products_without_images: int = 0
+    """Catalog: listed products with no image under images/<product_id>/."""
 
 
 def manifest_json(report: ArchiveReport) -> bytes:
@@ -92,7 +103,7 @@ def inspect_archive(
 ) -> ArchiveReport:
     """Validate a dataset zip in place (nothing is extracted) and describe it.
 
-    Two layouts are recognised, at the top of the zip or inside one wrapping folder (the
+    Three layouts are recognised, at the top of the zip or inside one wrapping folder (the
     shallowest folder holding a dataset becomes `root_prefix`):
 
     - YOLO detection (Ultralytics): `data.yaml` (or `data.yml`) with `names` (list, or
@@ -104,6 +115,9 @@ def inspect_archive(
     - Classification folders: `train/<class>/<image>`, `val/<class>/<image>` (optionally
       `test/`); class names are the sorted folder names; every val/test class must be
       in train.
+    - Product catalogue: `products.jsonl` (one JSON object per line, an `id` plus free
+      metadata) and `images/<product_id>/<image>` reference images; see `plan_catalog`
+      for its rules. The manifest lists the products with their metadata and images.
 
     The manifest records the layout as resolved here (root, split and label folders,
     class names), so workers never interpret the data.yaml again. Every file under the
@@ -161,16 +175,36 @@ def inspect_archive(
         files=tuple(files),
         archive_sha256=archive_sha256,
         archive_size=size_bytes,
+        products=_products(layout.plan, files),
     )
+    plan = layout.plan
+    if layout.format == "catalog":
+        image_count = sum(len(images) for images in plan.product_images.values())
+    else:
+        image_count = len({rel for images in plan.splits.values() for rel in images})
     return ArchiveReport(
         format=layout.format,
-        class_names=list(layout.plan.class_names),
+        class_names=list(plan.class_names),
         splits=layout.splits,
-        image_count=len({rel for images in layout.plan.splits.values() for rel in images}),
+        image_count=image_count,
         size_bytes=size_bytes,
         root_prefix=layout.root,
         manifest=manifest,
         manifest_sha256=manifest.sha256(),
+        product_count=len(plan.products),
+        products_without_images=sum(1 for images in plan.product_images.values() if not images),
+    )
+
+
+def _products(plan: Plan, files: list[ManifestFile]) -> tuple[ManifestProduct, ...]:
+    by_path = {entry.path: entry for entry in files}
+    return tuple(
+        ManifestProduct(
+            id=product_id,
+            metadata=metadata,
+            images=tuple(by_path[rel] for rel in plan.product_images[product_id]),
+        )
+        for product_id, metadata in plan.products.items()
     )
 
 
@@ -200,8 +234,11 @@ def _inspect(
     members = {name[len(root) :]: info for name, info in files.items() if name.startswith(root)}
 
     violations = Violations()
+    plan: Plan | None
     if fmt == "detect":
         plan = plan_detect(zf, root, members, violations)
+    elif fmt == "catalog":
+        plan = plan_catalog(zf, root, members, violations)
     else:
         plan = plan_classify(root, members, violations)
     if plan is None:

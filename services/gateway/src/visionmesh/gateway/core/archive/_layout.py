@@ -1,4 +1,7 @@
-"""Layout: the dataset root, the format, data.yaml / data.yml and the split folders."""
+"""Layout: the dataset root, the format, data.yaml / data.yml and the split folders.
+
+(A catalogue's products.jsonl and product folders are planned in `_catalog`.)
+"""
 
 from __future__ import annotations
 
@@ -13,7 +16,7 @@ import yaml
 from visionmesh.gateway.core.archive._violations import ARCHIVE_FIELD, Reason, Violations, fail
 from visionmesh.gateway.core.archive._zipsafety import DRIVE_RE, EntryError, read_entry
 
-DatasetFormatName = Literal["detect", "classify"]
+DatasetFormatName = Literal["detect", "classify", "catalog"]
 
 IMAGE_SUFFIXES: Final = frozenset(
     {".bmp", ".jpeg", ".jpg", ".mpo", ".png", ".tif", ".tiff", ".webp"}
@@ -23,6 +26,8 @@ IMAGE_SUFFIXES: Final = frozenset(
 SPLITS: Final = ("train", "val", "test")
 REQUIRED_SPLITS: Final = ("train", "val")
 _DATA_YAML_NAMES: Final = ("data.yaml", "data.yml")
+PRODUCTS_FILE: Final = "products.jsonl"
+"""A catalogue's product list, at its root: one JSON object per line."""
 _MAX_YAML_BYTES: Final = 1 << 20
 _MAX_CLASSES: Final = 100_000
 
@@ -39,6 +44,9 @@ def detect_layout(files: Mapping[str, zipfile.ZipInfo]) -> tuple[DatasetFormatNa
         if parts[-1] in _DATA_YAML_NAMES:
             root = "".join(part + "/" for part in parts[:-1])
             candidates.add((len(parts) - 1, 0, "detect", root))
+        elif parts[-1] == PRODUCTS_FILE:
+            root = "".join(part + "/" for part in parts[:-1])
+            candidates.add((len(parts) - 1, 0, "catalog", root))
         elif is_image(name):
             # <root>/<split>/<class>/.../<image>
             for i in range(len(parts) - 2):
@@ -54,13 +62,21 @@ def detect_layout(files: Mapping[str, zipfile.ZipInfo]) -> tuple[DatasetFormatNa
             ARCHIVE_FIELD,
             "unrecognised dataset layout"
             + hint
-            + ": expected YOLO detection (data.yaml, images/<split>/, labels/<split>/) or "
-            "classification folders (train/<class>/<image>, val/<class>/<image>), at the top "
-            "of the zip or inside one folder",
+            + ": expected YOLO detection (data.yaml, images/<split>/, labels/<split>/), "
+            "classification folders (train/<class>/<image>, val/<class>/<image>) or a product "
+            "catalogue (products.jsonl, images/<product_id>/<image>), at the top of the zip "
+            "or inside one folder",
             Reason.UNRECOGNISED_LAYOUT,
         )
     best = min(candidates)
-    tied = sorted(c[3] or "the top level" for c in candidates if c[:2] == best[:2])
+    tied = sorted({c[3] or "the top level" for c in candidates if c[:2] == best[:2]})
+    if len(tied) == 1 and sum(1 for c in candidates if c[:2] == best[:2]) > 1:
+        fail(
+            ARCHIVE_FIELD,
+            f"both a data.yaml and a {PRODUCTS_FILE} in {tied[0]}: a dataset is either a "
+            "detection dataset or a product catalogue",
+            Reason.UNRECOGNISED_LAYOUT,
+        )
     if len(tied) > 1:
         fail(
             ARCHIVE_FIELD,
@@ -83,6 +99,10 @@ class Plan:
     """Classify: image path -> class name."""
     folders: dict[str, list[str]] = field(default_factory=dict)
     """Split name -> the root-relative folders holding its images (the manifest's layout)."""
+    products: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Catalog: product id -> its metadata, sorted by id."""
+    product_images: dict[str, list[str]] = field(default_factory=dict)
+    """Catalog: product id -> its image paths relative to the root, sorted (every product)."""
 
 
 def plan_detect(

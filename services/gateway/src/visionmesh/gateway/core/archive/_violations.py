@@ -35,6 +35,10 @@ class Reason:
     UNKNOWN_CLASS: Final = "UNKNOWN_CLASS"
     BAD_IMAGE: Final = "BAD_IMAGE"
     BAD_LABEL: Final = "BAD_LABEL"
+    BAD_PRODUCTS: Final = "BAD_PRODUCTS"
+    """A catalogue's products.jsonl (or one of its lines) is unusable."""
+    UNKNOWN_PRODUCT: Final = "UNKNOWN_PRODUCT"
+    """A catalogue's images/<id>/ folder whose product products.jsonl does not list."""
 
 
 class Violations:
