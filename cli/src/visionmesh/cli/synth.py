@@ -1,19 +1,30 @@
-"""Synthetic shape datasets (detection, classification) that models learn in a few epochs."""
+"""Synthetic shape datasets (detection, classification, product catalogues) that models
+learn in a few epochs."""
 
 from __future__ import annotations
 
+import json
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw
 
 __all__ = [
+    "CATALOG_BRANDS",
+    "CATALOG_CATEGORIES",
     "DEFAULT_CLASSES",
+    "MAX_CATALOG_PRODUCTS",
+    "CatalogQuery",
+    "SynthCatalog",
+    "SynthProduct",
+    "make_catalog_dataset",
     "make_classify_dataset",
     "make_detect_dataset",
+    "render_catalog_queries",
     "zip_dataset",
 ]
 
@@ -269,3 +280,252 @@ def zip_dataset(src_dir: Path | str, zip_path: Path | str) -> Path:
             info.external_attr = 0o644 << 16
             archive.writestr(info, path.read_bytes())
     return dst
+
+
+# --- product catalogues -------------------------------------------------------------------
+
+_COLOUR_NAMES: tuple[str, ...] = (
+    "red",
+    "green",
+    "blue",
+    "yellow",
+    "magenta",
+    "cyan",
+    "orange",
+    "white",
+)
+_TEXTURES: tuple[str, ...] = ("solid", "stripes", "dots", "checker")
+CATALOG_BRANDS: tuple[str, ...] = ("acme", "globex", "initech", "umbrella")
+"""Product i has brand `CATALOG_BRANDS[i % 4]`."""
+CATALOG_CATEGORIES: tuple[str, ...] = ("shoes", "boots", "bags", "hats", "shirts")
+"""Product i has category `CATALOG_CATEGORIES[(i // 4) % 5]`: with the brands, every
+(brand, category) pair occurs once in each run of 20 products."""
+MAX_CATALOG_PRODUCTS = len(_SHAPES) * len(_COLOURS) * len(_TEXTURES)
+"""Each product is a distinct shape x colour x texture combination."""
+
+
+@dataclass(frozen=True, slots=True)
+class SynthProduct:
+    """One synthetic product: what products.jsonl says and which reference images it has."""
+
+    id: str
+    metadata: Mapping[str, Any]
+    images: tuple[str, ...]
+    """Image paths relative to the catalogue root (`images/<id>/NN.jpg`)."""
+    shape: str
+    colour: str
+    texture: str
+
+
+@dataclass(frozen=True, slots=True)
+class SynthCatalog:
+    """What `make_catalog_dataset` wrote: the answer key for tests and benchmarks."""
+
+    root: Path
+    products: tuple[SynthProduct, ...]
+    imgsz: int
+    seed: int
+
+    def product(self, product_id: str) -> SynthProduct:
+        return next(p for p in self.products if p.id == product_id)
+
+    @property
+    def image_count(self) -> int:
+        return sum(len(p.images) for p in self.products)
+
+
+@dataclass(frozen=True, slots=True)
+class CatalogQuery:
+    """A held-out query image of a known product."""
+
+    path: Path
+    product_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class _ProductStyle:
+    shape: str
+    colour_index: int
+    texture: str
+
+
+def _product_styles(n_products: int, seed: int) -> list[_ProductStyle]:
+    # A fixed order of all combinations for a seed, so that adding products keeps the first
+    # ones unchanged.
+    order = np.random.default_rng([seed, 99]).permutation(MAX_CATALOG_PRODUCTS)[:n_products]
+    styles: list[_ProductStyle] = []
+    for combo in order.tolist():
+        shape, rest = divmod(combo, len(_COLOURS) * len(_TEXTURES))
+        colour, texture = divmod(rest, len(_TEXTURES))
+        styles.append(_ProductStyle(_SHAPES[shape], colour, _TEXTURES[texture]))
+    return styles
+
+
+def _product_metadata(index: int, style: _ProductStyle) -> dict[str, Any]:
+    colour = _COLOUR_NAMES[style.colour_index]
+    return {
+        "name": f"{colour.title()} {style.texture} {style.shape}",
+        "brand": CATALOG_BRANDS[index % len(CATALOG_BRANDS)],
+        "category": CATALOG_CATEGORIES[(index // len(CATALOG_BRANDS)) % len(CATALOG_CATEGORIES)],
+        "price": round(4.99 + (index * 7.25) % 95, 2),
+        "attributes": {"shape": style.shape, "colour": colour, "texture": style.texture},
+    }
+
+
+def _texture(style: _ProductStyle, side: int) -> Image.Image:
+    """The product's colour with its pattern in a darker shade, `side` pixels square."""
+    colour = _COLOURS[style.colour_index]
+    dark = tuple(int(c * 0.4) for c in colour)
+    tile = Image.new("RGB", (side, side), colour)
+    draw = ImageDraw.Draw(tile)
+    step = max(4, side // 6)
+    if style.texture == "stripes":
+        for x in range(0, side, step):
+            draw.rectangle((x, 0, x + step // 2 - 1, side), fill=dark)
+    elif style.texture == "dots":
+        r = max(1, step // 4)
+        for y in range(step // 2, side, step):
+            for x in range(step // 2, side, step):
+                draw.ellipse((x - r, y - r, x + r, y + r), fill=dark)
+    elif style.texture == "checker":
+        for y in range(0, side, step):
+            for x in range(0, side, step):
+                if (x // step + y // step) % 2:
+                    draw.rectangle((x, y, x + step - 1, y + step - 1), fill=dark)
+    return tile
+
+
+def _catalog_background(rng: np.random.Generator, imgsz: int) -> Image.Image:
+    """Grey noise, a muted colour or a gradient: backgrounds vary between renders."""
+    kind = int(rng.integers(3))
+    if kind == 0:
+        return _background(rng, imgsz)
+    base = rng.integers(30, 110, size=3)
+    if kind == 1:
+        noise = rng.normal(0.0, 10.0, size=(imgsz, imgsz, 3))
+        pixels = np.clip(base + noise, 0, 255)
+    else:
+        other = rng.integers(30, 110, size=3)
+        ramp = np.linspace(0.0, 1.0, imgsz)[:, None, None]
+        pixels = base * (1 - ramp) + other * ramp
+        pixels = np.broadcast_to(pixels, (imgsz, imgsz, 3))
+        if rng.integers(2):
+            pixels = pixels.transpose(1, 0, 2)
+    return Image.fromarray(np.ascontiguousarray(pixels).astype(np.uint8), mode="RGB")
+
+
+def _render_product(
+    rng: np.random.Generator, imgsz: int, style: _ProductStyle
+) -> tuple[Image.Image, tuple[int, int, int, int]]:
+    """One render (random scale, rotation, background, position) and the object's box."""
+    image = _catalog_background(rng, imgsz)
+    side = max(8, int(float(rng.uniform(0.35, 0.75)) * imgsz))
+    mask = Image.new("RGB", (side, side))
+    _draw(
+        ImageDraw.Draw(mask), _ClassStyle(style.shape, (255, 255, 255)), (0, 0, side - 1, side - 1)
+    )
+    angle = float(rng.uniform(0.0, 360.0))
+    shape_mask = mask.convert("L").rotate(angle, resample=Image.Resampling.BILINEAR, expand=True)
+    texture = _texture(style, side).rotate(angle, resample=Image.Resampling.BILINEAR, expand=True)
+    w, h = texture.size
+    if w > imgsz or h > imgsz:
+        scale = imgsz / max(w, h)
+        size = (max(1, int(w * scale)), max(1, int(h * scale)))
+        texture, shape_mask = texture.resize(size), shape_mask.resize(size)
+        w, h = size
+    x = int(rng.integers(0, imgsz - w + 1))
+    y = int(rng.integers(0, imgsz - h + 1))
+    image.paste(texture, (x, y), shape_mask)
+    return image, (x, y, x + w, y + h)
+
+
+def make_catalog_dataset(
+    out_dir: Path | str,
+    *,
+    n_products: int = 24,
+    renders: int = 4,
+    imgsz: int = 128,
+    seed: int = 0,
+) -> SynthCatalog:
+    """Write a product catalogue (`products.jsonl`, `images/<id>/NN.jpg`) under `out_dir`.
+
+    Product `i` is `p{i:04d}`, a distinct shape x colour x texture combination, with
+    metadata `name`, `brand` (`CATALOG_BRANDS[i % 4]`), `category`
+    (`CATALOG_CATEGORIES[(i // 4) % 5]`), `price` and nested `attributes`, so that filters
+    such as `brand = acme and category in [shoes, boots]` select known subsets. Each product
+    has `renders` reference images that differ in scale, rotation, background and position.
+    The same arguments always produce the same files, and adding products leaves the
+    earlier ones unchanged. Returns what was written (the answer key).
+    """
+    _check_sizes(imgsz, n_products=n_products, renders=renders)
+    if n_products > MAX_CATALOG_PRODUCTS:
+        raise ValueError(f"at most {MAX_CATALOG_PRODUCTS} products are supported, got {n_products}")
+    root = Path(out_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    products: list[SynthProduct] = []
+    lines: list[str] = []
+    for index, style in enumerate(_product_styles(n_products, seed)):
+        product_id = f"p{index:04d}"
+        metadata = _product_metadata(index, style)
+        folder = root / "images" / product_id
+        folder.mkdir(parents=True, exist_ok=True)
+        rng = np.random.default_rng([seed, 0, index])
+        images: list[str] = []
+        for n in range(renders):
+            image, _ = _render_product(rng, imgsz, style)
+            image.save(folder / f"{n:02d}.jpg", quality=_JPEG_QUALITY)
+            images.append(f"images/{product_id}/{n:02d}.jpg")
+        products.append(
+            SynthProduct(
+                id=product_id,
+                metadata=metadata,
+                images=tuple(images),
+                shape=style.shape,
+                colour=_COLOUR_NAMES[style.colour_index],
+                texture=style.texture,
+            )
+        )
+        lines.append(json.dumps({"id": product_id, **metadata}, sort_keys=True))
+    (root / "products.jsonl").write_text("".join(f"{line}\n" for line in lines))
+    return SynthCatalog(root=root, products=tuple(products), imgsz=imgsz, seed=seed)
+
+
+def render_catalog_queries(
+    catalog: SynthCatalog,
+    out_dir: Path | str,
+    *,
+    per_product: int = 2,
+    imgsz: int | None = None,
+    seed: int = 1,
+) -> list[CatalogQuery]:
+    """Held-out query images of every product: `out_dir/<product_id>/NN.jpg`.
+
+    Fresh renders (another random stream than the references, so never the same image),
+    half of them then cropped around the object with a random margin and resized back, as
+    a detector's crop would be. The folder names the answer; so does the returned list.
+    """
+    size = imgsz or catalog.imgsz
+    _check_sizes(size, per_product=per_product)
+    styles = _product_styles(len(catalog.products), catalog.seed)
+    out = Path(out_dir)
+    queries: list[CatalogQuery] = []
+    for index, (product, style) in enumerate(zip(catalog.products, styles, strict=True)):
+        folder = out / product.id
+        folder.mkdir(parents=True, exist_ok=True)
+        # Stream 1 (references use stream 0), mixed with the query seed.
+        rng = np.random.default_rng([catalog.seed, 1, seed, index])
+        for n in range(per_product):
+            image, (x0, y0, x1, y1) = _render_product(rng, size, style)
+            if n % 2:
+                margin = float(rng.uniform(0.0, 0.25)) * max(x1 - x0, y1 - y0)
+                box = (
+                    max(0, int(x0 - margin)),
+                    max(0, int(y0 - margin)),
+                    min(size, int(x1 + margin)),
+                    min(size, int(y1 + margin)),
+                )
+                image = image.crop(box).resize((size, size), Image.Resampling.BILINEAR)
+            path = folder / f"{n:02d}.jpg"
+            image.save(path, quality=_JPEG_QUALITY)
+            queries.append(CatalogQuery(path=path, product_id=product.id))
+    return queries

@@ -113,6 +113,11 @@ def show_dataset(rt: Runtime, dataset: Mapping[str, Any]) -> None:
         ("size", human_bytes(dataset.get("sizeBytes"))),
         ("created", timestamp(dataset.get("createTime"))),
     ]
+    if dataset.get("format") == "DATASET_FORMAT_CATALOG":
+        products = str(to_int(dataset.get("productCount")))
+        if to_int(dataset.get("productsWithoutImages")):
+            products += f" ({to_int(dataset.get('productsWithoutImages'))} without images)"
+        rows[4] = ("products", products)
     if dataset.get("description"):
         rows.insert(2, ("description", escape(str(dataset["description"]))))
     if dataset.get("manifestSha256"):
@@ -138,7 +143,8 @@ def upload(
     description: Annotated[str, typer.Option("--description", help="Free text.")] = "",
     json_out: JsonOption = False,
 ) -> None:
-    """Upload a dataset (YOLO detect layout or classification folders) and validate it.
+    """Upload a dataset (YOLO detect layout, classification folders or a product catalogue)
+    and validate it.
 
     Exits 1 and lists the offending files when the server rejects the archive.
     """
@@ -242,6 +248,52 @@ class SynthTask(StrEnum):
 
     DETECT = "detect"
     CLASSIFY = "classify"
+    CATALOG = "catalog"
+
+
+def _synth_catalog(
+    ctx: typer.Context,
+    out: Path,
+    *,
+    products: int,
+    renders: int,
+    queries: int,
+    imgsz: int,
+    seed: int,
+    zip_out: bool,
+) -> None:
+    rt = runtime(ctx)
+    archive_only = zip_out and out.suffix.lower() == ".zip"
+    queries_dir = out.with_name(f"{out.stem if archive_only else out.name}-queries")
+    with tempfile.TemporaryDirectory(prefix="visionmesh-synth-") as tmp:
+        root = Path(tmp) / "dataset" if archive_only else out
+        try:
+            with rt.err.status("Generating a product catalogue ..."):
+                catalog = synth.make_catalog_dataset(
+                    root, n_products=products, renders=renders, imgsz=imgsz, seed=seed
+                )
+                if queries:
+                    synth.render_catalog_queries(catalog, queries_dir, per_product=queries)
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc)) from None
+        archive = None
+        if zip_out:
+            target = out if archive_only else out.with_name(f"{out.name}.zip")
+            archive = synth.zip_dataset(root, target)
+    summary = f"{products} products x {renders} renders, {imgsz}px"
+    if not archive_only:
+        rt.out.print(f"Wrote a catalog dataset to {escape(str(out))} ({escape(summary)}).")
+    if archive is not None:
+        what = f"a catalog dataset ({summary})" if archive_only else "it"
+        rt.out.print(f"Packed {escape(what)} into {escape(str(archive))}.")
+        rt.out.print(
+            f"Upload it with: visionmesh datasets upload {escape(str(archive))} --name NAME"
+        )
+    if queries:
+        rt.out.print(
+            f"Wrote {products * queries} held-out query images to {escape(str(queries_dir))}"
+            " (one folder per product id)."
+        )
 
 
 @datasets_app.command("synth")
@@ -273,9 +325,37 @@ def synth_(
     zip_out: Annotated[
         bool, typer.Option("--zip", help="Also pack it as a zip, ready to upload.")
     ] = False,
+    products: Annotated[
+        int, typer.Option("--products", min=1, help="Catalog: products (distinct shapes).")
+    ] = 24,
+    renders: Annotated[
+        int, typer.Option("--renders", min=1, help="Catalog: reference images per product.")
+    ] = 4,
+    queries: Annotated[
+        int,
+        typer.Option(
+            "--queries",
+            min=0,
+            help="Catalog: also render this many held-out query images per product, into "
+            "OUT-queries/<product_id>/ (outside the catalogue).",
+        ),
+    ] = 0,
 ) -> None:
-    """Generate a small synthetic shapes dataset that models learn in a few epochs."""
+    """Generate a small synthetic dataset: shapes that models learn in a few epochs, or a
+    product catalogue (--task catalog) with several reference renders per product."""
     kind = task.value
+    if task is SynthTask.CATALOG:
+        _synth_catalog(
+            ctx,
+            out,
+            products=products,
+            renders=renders,
+            queries=queries,
+            imgsz=imgsz,
+            seed=seed,
+            zip_out=zip_out,
+        )
+        return
     rt = runtime(ctx)
     names = tuple(c.strip() for c in classes.split(",") if c.strip()) if classes else None
     class_names = names or synth.DEFAULT_CLASSES

@@ -78,9 +78,9 @@ def plan_catalog(
         product_id = parts[1]
         if product_id in images:
             images[product_id].append(rel)
-        elif product_id not in known and all_identified and product_id not in unknown:
+        elif known and all_identified and product_id not in known | unknown:
             # Reported once per folder, and only when every line of products.jsonl could be
-            # read: otherwise the product may be on a line that is already reported.
+            # read (else the product may be on a line already reported) and lists some.
             unknown.add(product_id)
             violations.add(
                 f"{root}{prefix}{product_id}/",
