@@ -180,6 +180,7 @@ def test_ultralytics_backbone_is_the_pooled_features_before_linear(
     torch.testing.assert_close(torch.from_numpy(embedder.embed(images)), _normalised(expected))
     assert (embedder.dim, embedder.family, embedder.imgsz) == (1280, "backbone", IMGSZ)
     assert embedder.model_version_id == "mv-yolo"
+    assert embedder.info.description.startswith("yolo11n-cls classifier (3 classes)")
 
 
 def _squeezenet_features(model: nn.Module, pixels: torch.Tensor) -> torch.Tensor:

@@ -209,7 +209,10 @@ def load_backbone(
         # Ultralytics' classify_transforms: resize the short side, centre crop, no mean/std.
         preprocessing = _preprocessing("center_crop", size, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
         names = getattr(module, "names", None) or {}
-        description = f"{yolo.model_name or 'YOLO'} classifier ({len(names)} classes), Ultralytics"
+        spec: Any = getattr(module, "yaml", None) or {}
+        # The architecture's YAML name; YOLO.model_name would be the checkpoint's local path.
+        arch = Path(str(spec.get("yaml_file") or "YOLO")).stem if isinstance(spec, dict) else "YOLO"
+        description = f"{arch} classifier ({len(names)} classes), Ultralytics"
     else:
         raise FailedPrecondition(
             f"model version {model_version_id}: framework {framework!r} is not torchvision or "
