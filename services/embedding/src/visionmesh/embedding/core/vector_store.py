@@ -216,8 +216,9 @@ class VectorStore(abc.ABC):
         """
         info = await self._space_info(space)
         self._check_scope(tenant_id, collection)
+        vectors = _checked_vectors([p.vector for p in points], info, field_path)
         stored: list[StoredPoint] = []
-        for i, point in enumerate(points):
+        for i, (point, vector) in enumerate(zip(points, vectors, strict=True)):
             if not isinstance(point.id, str) or not point.id:
                 raise InvalidArgument.for_field(
                     f"{field_path}[{i}].id", "must be a non-empty string"
@@ -227,7 +228,6 @@ class VectorStore(abc.ABC):
                 raise InvalidArgument.for_field(
                     f"{field_path}[{i}].payload", f"{sorted(reserved)} are set by the store"
                 )
-            vector = _checked_vector(point.vector, info, f"{field_path}[{i}].vector")
             payload = {
                 **point.payload,
                 TENANT_FIELD: tenant_id,
@@ -448,3 +448,25 @@ def _checked_vector(
     if info.distance == "cosine" and not array.any():
         raise InvalidArgument.for_field(field, "is the zero vector, which has no direction")
     return array.tolist()
+
+
+def _checked_vectors(
+    vectors: Sequence[Sequence[float] | np.ndarray], info: SpaceInfo, field_path: str
+) -> list[list[float]]:
+    """A batch checked as one array (fast path); a bad batch is rechecked point by point so
+    the error names the offending point."""
+    if not vectors:
+        return []
+    try:
+        array = np.asarray(vectors, dtype=np.float32)
+    except (TypeError, ValueError):
+        array = None
+    if (
+        array is not None
+        and array.ndim == 2
+        and array.shape[1] == info.dim
+        and np.isfinite(array).all()
+        and (info.distance != "cosine" or array.any(axis=1).all())
+    ):
+        return array.tolist()  # type: ignore[no-any-return]
+    return [_checked_vector(v, info, f"{field_path}[{i}].vector") for i, v in enumerate(vectors)]
