@@ -446,6 +446,20 @@ async def test_rest_upload_and_finalize_of_a_synthetic_catalog(
         dataset = result["dataset"]
         snapshot = (await client.post(f"/v1/datasets/{dataset['id']}/snapshots", json={})).json()
         shown = (await client.get(f"/v1/datasets/{dataset['id']}")).json()["dataset"]
+        # A catalogue is a source for embedding jobs: training on it is refused up front.
+        training = await client.post(
+            "/v1/training/jobs",
+            json={
+                "datasetId": dataset["id"],
+                "spec": {
+                    "framework": "ultralytics",
+                    "task": "detect",
+                    "model": "yolo11n.yaml",
+                    "epochs": 1,
+                    "imgsz": 64,
+                },
+            },
+        )
 
     assert dataset["state"] == "DATASET_STATE_READY"
     assert dataset["format"] == "DATASET_FORMAT_CATALOG"
@@ -455,6 +469,9 @@ async def test_rest_upload_and_finalize_of_a_synthetic_catalog(
     assert shown["productCount"] == dataset["productCount"]
     assert snapshot["snapshot"]["format"] == "DATASET_FORMAT_CATALOG"
     assert int(snapshot["snapshot"]["productCount"]) == 8
+    assert training.status_code == 400, training.text
+    assert training.json()["status"] == "FAILED_PRECONDITION"
+    assert "product catalog" in training.json()["message"]
     document = json.loads(await harness.gateway.store.get_bytes(dataset["manifestKey"]))
     assert document["version"] == 3
     acme_shoes = {

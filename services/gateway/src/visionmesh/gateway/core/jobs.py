@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from visionmesh.api.common.v1 import artifact_pb2, job_pb2, metric_pb2
 from visionmesh.api.events.v1 import events_pb2
 from visionmesh.api.export.v1 import export_pb2
-from visionmesh.api.gateway.v1 import jobs_pb2
+from visionmesh.api.gateway.v1 import datasets_pb2, jobs_pb2
 from visionmesh.api.inference.v1 import inference_pb2
 from visionmesh.api.training.v1 import training_pb2
 from visionmesh.common.auth import Principal, require_principal
@@ -119,6 +119,11 @@ def snapshot_ref(snapshot: PinnedSnapshot) -> events_pb2.SnapshotRef:
 
 
 def _snapshot_task(snapshot: PinnedSnapshot) -> str:
+    if snapshot.format == datasets_pb2.DATASET_FORMAT_CATALOG:
+        raise FailedPrecondition(
+            f"dataset {snapshot.dataset_id} is a product catalog, a source for embedding jobs: "
+            "training needs a detect or classify dataset"
+        )
     return "classify" if snapshot.format == 2 else "detect"  # DATASET_FORMAT_CLASSIFY_FOLDERS
 
 
