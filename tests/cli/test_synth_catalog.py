@@ -17,6 +17,8 @@ from visionmesh.cli.synth import (
     render_catalog_queries,
 )
 
+from tests.cli.test_app import FakeGateway
+
 
 def files(root: Path) -> dict[str, bytes]:
     return {p.relative_to(root).as_posix(): p.read_bytes() for p in root.rglob("*") if p.is_file()}
@@ -128,3 +130,31 @@ def test_cli_synth_catalog_writes_a_folder_a_zip_and_queries(
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in only_zip.parent.iterdir()) == ["shop.zip"]
+
+
+def test_show_a_catalog_dataset_gives_its_products(runner: CliRunner) -> None:
+    gw = FakeGateway()
+    gw.on(
+        "GET /v1/datasets/ds-1",
+        {
+            "dataset": {
+                "id": "ds-1",
+                "name": "shop",
+                "state": "DATASET_STATE_READY",
+                "format": "DATASET_FORMAT_CATALOG",
+                "classNames": [],
+                "splits": [],
+                "imageCount": "96",
+                "productCount": "24",
+                "productsWithoutImages": "2",
+                "sizeBytes": "1000",
+            }
+        },
+    )
+
+    result = gw.invoke(runner, "datasets", "show", "ds-1")
+
+    assert result.exit_code == 0, result.output
+    assert "catalog" in result.stdout
+    assert "24 (2 without images)" in result.stdout
+    assert "96" in result.stdout
