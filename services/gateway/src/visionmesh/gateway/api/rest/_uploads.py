@@ -314,10 +314,14 @@ def document_upload(operation: dict[str, Any], upload: FileUpload, request: Desc
     body["content"]["multipart/form-data"] = {
         "schema": {"type": "object", "properties": properties, "required": [upload.files_field]}
     }
+    # A media type object has no description of its own (OpenAPI 3.1); the body's says it.
     body["content"][f"{upload.raw_media_prefix}*"] = {
-        "schema": {"type": "string", "format": "binary"},
-        "description": f"One image as the body; {upload.options_field} as query parameters.",
+        "schema": {"type": "string", "format": "binary"}
     }
+    body["description"] = (
+        f"JSON, or files as multipart/form-data, or one image as the body with "
+        f"{upload.options_field} as query parameters."
+    )
     parameters = operation.setdefault("parameters", [])
     for field in upload.options_fields(request):
         parameters.append(
