@@ -26,7 +26,7 @@ from google.protobuf import any_pb2 as google_dot_protobuf_dot_any__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1evisionmesh/common/v1/job.proto\x12\x14visionmesh.common.v1\x1a\x19google/protobuf/any.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x90\x02\n\x0bJobProgress\x12\r\n\x05\x65poch\x18\x01 \x01(\x05\x12\x14\n\x0ctotal_epochs\x18\x02 \x01(\x05\x12\x0c\n\x04step\x18\x03 \x01(\x03\x12\x13\n\x0btotal_steps\x18\x04 \x01(\x03\x12\x10\n\x08\x66raction\x18\x05 \x01(\x01\x12\x13\n\x0b\x65ta_seconds\x18\x06 \x01(\x01\x12\r\n\x05phase\x18\x07 \x01(\t\x12=\n\x06losses\x18\x08 \x03(\x0b\x32-.visionmesh.common.v1.JobProgress.LossesEntry\x12\x15\n\rlearning_rate\x18\t \x01(\x01\x1a-\n\x0bLossesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"+\n\x08JobError\x12\x0e\n\x06reason\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\"\xb7\x05\n\x03Job\x12\n\n\x02id\x18\x01 \x01(\t\x12\x11\n\ttenant_id\x18\x02 \x01(\t\x12+\n\x04kind\x18\x03 \x01(\x0e\x32\x1d.visionmesh.common.v1.JobKind\x12-\n\x05state\x18\x04 \x01(\x0e\x32\x1e.visionmesh.common.v1.JobState\x12\"\n\x04spec\x18\x05 \x01(\x0b\x32\x14.google.protobuf.Any\x12\x12\n\ndataset_id\x18\x06 \x01(\t\x12\x13\n\x0bsnapshot_id\x18\x07 \x01(\t\x12\x33\n\x08progress\x18\x08 \x01(\x0b\x32!.visionmesh.common.v1.JobProgress\x12\x37\n\x07metrics\x18\t \x03(\x0b\x32&.visionmesh.common.v1.Job.MetricsEntry\x12-\n\x05\x65rror\x18\n \x01(\x0b\x32\x1e.visionmesh.common.v1.JobError\x12\x10\n\x08\x61ttempts\x18\x0b \x01(\x05\x12\x1b\n\x13last_event_sequence\x18\x0c \x01(\x03\x12\x18\n\x10model_version_id\x18\r \x01(\t\x12\x12\n\ncreated_by\x18\x0e \x01(\t\x12/\n\x0b\x63reate_time\x18\x0f \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x10 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstart_time\x18\x11 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x12 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01*\x85\x01\n\x07JobKind\x12\x18\n\x14JOB_KIND_UNSPECIFIED\x10\x00\x12\x15\n\x11JOB_KIND_TRAINING\x10\x01\x12\x13\n\x0fJOB_KIND_EXPORT\x10\x02\x12\x1c\n\x18JOB_KIND_BATCH_INFERENCE\x10\x03\x12\x16\n\x12JOB_KIND_EMBEDDING\x10\x04*\xcb\x01\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x15\n\x11JOB_STATE_PENDING\x10\x01\x12\x14\n\x10JOB_STATE_QUEUED\x10\x02\x12\x15\n\x11JOB_STATE_RUNNING\x10\x03\x12\x17\n\x13JOB_STATE_SUCCEEDED\x10\x04\x12\x14\n\x10JOB_STATE_FAILED\x10\x05\x12\x18\n\x14JOB_STATE_CANCELLING\x10\x06\x12\x17\n\x13JOB_STATE_CANCELLED\x10\x07\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1evisionmesh/common/v1/job.proto\x12\x14visionmesh.common.v1\x1a\x19google/protobuf/any.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x90\x02\n\x0bJobProgress\x12\r\n\x05\x65poch\x18\x01 \x01(\x05\x12\x14\n\x0ctotal_epochs\x18\x02 \x01(\x05\x12\x0c\n\x04step\x18\x03 \x01(\x03\x12\x13\n\x0btotal_steps\x18\x04 \x01(\x03\x12\x10\n\x08\x66raction\x18\x05 \x01(\x01\x12\x13\n\x0b\x65ta_seconds\x18\x06 \x01(\x01\x12\r\n\x05phase\x18\x07 \x01(\t\x12=\n\x06losses\x18\x08 \x03(\x0b\x32-.visionmesh.common.v1.JobProgress.LossesEntry\x12\x15\n\rlearning_rate\x18\t \x01(\x01\x1a-\n\x0bLossesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"+\n\x08JobError\x12\x0e\n\x06reason\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\"\xdd\x05\n\x03Job\x12\n\n\x02id\x18\x01 \x01(\t\x12\x11\n\ttenant_id\x18\x02 \x01(\t\x12+\n\x04kind\x18\x03 \x01(\x0e\x32\x1d.visionmesh.common.v1.JobKind\x12-\n\x05state\x18\x04 \x01(\x0e\x32\x1e.visionmesh.common.v1.JobState\x12\"\n\x04spec\x18\x05 \x01(\x0b\x32\x14.google.protobuf.Any\x12\x12\n\ndataset_id\x18\x06 \x01(\t\x12\x13\n\x0bsnapshot_id\x18\x07 \x01(\t\x12\x33\n\x08progress\x18\x08 \x01(\x0b\x32!.visionmesh.common.v1.JobProgress\x12\x37\n\x07metrics\x18\t \x03(\x0b\x32&.visionmesh.common.v1.Job.MetricsEntry\x12-\n\x05\x65rror\x18\n \x01(\x0b\x32\x1e.visionmesh.common.v1.JobError\x12\x10\n\x08\x61ttempts\x18\x0b \x01(\x05\x12\x1b\n\x13last_event_sequence\x18\x0c \x01(\x03\x12\x18\n\x10model_version_id\x18\r \x01(\t\x12\x12\n\ncreated_by\x18\x0e \x01(\t\x12/\n\x0b\x63reate_time\x18\x0f \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x10 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstart_time\x18\x11 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x12 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12$\n\x06result\x18\x13 \x01(\x0b\x32\x14.google.protobuf.Any\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01*\x85\x01\n\x07JobKind\x12\x18\n\x14JOB_KIND_UNSPECIFIED\x10\x00\x12\x15\n\x11JOB_KIND_TRAINING\x10\x01\x12\x13\n\x0fJOB_KIND_EXPORT\x10\x02\x12\x1c\n\x18JOB_KIND_BATCH_INFERENCE\x10\x03\x12\x16\n\x12JOB_KIND_EMBEDDING\x10\x04*\xcb\x01\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x15\n\x11JOB_STATE_PENDING\x10\x01\x12\x14\n\x10JOB_STATE_QUEUED\x10\x02\x12\x15\n\x11JOB_STATE_RUNNING\x10\x03\x12\x17\n\x13JOB_STATE_SUCCEEDED\x10\x04\x12\x14\n\x10JOB_STATE_FAILED\x10\x05\x12\x18\n\x14JOB_STATE_CANCELLING\x10\x06\x12\x17\n\x13JOB_STATE_CANCELLED\x10\x07\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,10 +37,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_JOBPROGRESS_LOSSESENTRY']._serialized_options = b'8\001'
   _globals['_JOB_METRICSENTRY']._loaded_options = None
   _globals['_JOB_METRICSENTRY']._serialized_options = b'8\001'
-  _globals['_JOBKIND']._serialized_start=1135
-  _globals['_JOBKIND']._serialized_end=1268
-  _globals['_JOBSTATE']._serialized_start=1271
-  _globals['_JOBSTATE']._serialized_end=1474
+  _globals['_JOBKIND']._serialized_start=1173
+  _globals['_JOBKIND']._serialized_end=1306
+  _globals['_JOBSTATE']._serialized_start=1309
+  _globals['_JOBSTATE']._serialized_end=1512
   _globals['_JOBPROGRESS']._serialized_start=117
   _globals['_JOBPROGRESS']._serialized_end=389
   _globals['_JOBPROGRESS_LOSSESENTRY']._serialized_start=344
@@ -48,7 +48,7 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_JOBERROR']._serialized_start=391
   _globals['_JOBERROR']._serialized_end=434
   _globals['_JOB']._serialized_start=437
-  _globals['_JOB']._serialized_end=1132
-  _globals['_JOB_METRICSENTRY']._serialized_start=1086
-  _globals['_JOB_METRICSENTRY']._serialized_end=1132
+  _globals['_JOB']._serialized_end=1170
+  _globals['_JOB_METRICSENTRY']._serialized_start=1124
+  _globals['_JOB_METRICSENTRY']._serialized_end=1170
 # @@protoc_insertion_point(module_scope)

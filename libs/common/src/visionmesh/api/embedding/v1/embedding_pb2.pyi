@@ -5,6 +5,7 @@ from google.api import annotations_pb2 as _annotations_pb2
 from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from visionmesh.api.common.v1 import image_pb2 as _image_pb2
+from visionmesh.api.inference.v1 import inference_pb2 as _inference_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
@@ -20,22 +21,60 @@ class Vector(_message.Message):
     def __init__(self, values: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class FilterCondition(_message.Message):
-    __slots__ = ("key", "string_value", "int_value", "bool_value")
+    __slots__ = ("key", "string_value", "int_value", "bool_value", "in_strings", "in_ints", "range")
     KEY_FIELD_NUMBER: _ClassVar[int]
     STRING_VALUE_FIELD_NUMBER: _ClassVar[int]
     INT_VALUE_FIELD_NUMBER: _ClassVar[int]
     BOOL_VALUE_FIELD_NUMBER: _ClassVar[int]
+    IN_STRINGS_FIELD_NUMBER: _ClassVar[int]
+    IN_INTS_FIELD_NUMBER: _ClassVar[int]
+    RANGE_FIELD_NUMBER: _ClassVar[int]
     key: str
     string_value: str
     int_value: int
     bool_value: bool
-    def __init__(self, key: _Optional[str] = ..., string_value: _Optional[str] = ..., int_value: _Optional[int] = ..., bool_value: _Optional[bool] = ...) -> None: ...
+    in_strings: StringValues
+    in_ints: IntValues
+    range: NumberRange
+    def __init__(self, key: _Optional[str] = ..., string_value: _Optional[str] = ..., int_value: _Optional[int] = ..., bool_value: _Optional[bool] = ..., in_strings: _Optional[_Union[StringValues, _Mapping]] = ..., in_ints: _Optional[_Union[IntValues, _Mapping]] = ..., range: _Optional[_Union[NumberRange, _Mapping]] = ...) -> None: ...
+
+class StringValues(_message.Message):
+    __slots__ = ("values",)
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    values: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, values: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class IntValues(_message.Message):
+    __slots__ = ("values",)
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    values: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, values: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class NumberRange(_message.Message):
+    __slots__ = ("gt", "gte", "lt", "lte")
+    GT_FIELD_NUMBER: _ClassVar[int]
+    GTE_FIELD_NUMBER: _ClassVar[int]
+    LT_FIELD_NUMBER: _ClassVar[int]
+    LTE_FIELD_NUMBER: _ClassVar[int]
+    gt: float
+    gte: float
+    lt: float
+    lte: float
+    def __init__(self, gt: _Optional[float] = ..., gte: _Optional[float] = ..., lt: _Optional[float] = ..., lte: _Optional[float] = ...) -> None: ...
 
 class MetadataFilter(_message.Message):
-    __slots__ = ("conditions",)
+    __slots__ = ("conditions", "any", "none", "all_of", "any_of")
     CONDITIONS_FIELD_NUMBER: _ClassVar[int]
+    ANY_FIELD_NUMBER: _ClassVar[int]
+    NONE_FIELD_NUMBER: _ClassVar[int]
+    ALL_OF_FIELD_NUMBER: _ClassVar[int]
+    ANY_OF_FIELD_NUMBER: _ClassVar[int]
     conditions: _containers.RepeatedCompositeFieldContainer[FilterCondition]
-    def __init__(self, conditions: _Optional[_Iterable[_Union[FilterCondition, _Mapping]]] = ...) -> None: ...
+    any: _containers.RepeatedCompositeFieldContainer[FilterCondition]
+    none: _containers.RepeatedCompositeFieldContainer[FilterCondition]
+    all_of: _containers.RepeatedCompositeFieldContainer[MetadataFilter]
+    any_of: _containers.RepeatedCompositeFieldContainer[MetadataFilter]
+    def __init__(self, conditions: _Optional[_Iterable[_Union[FilterCondition, _Mapping]]] = ..., any: _Optional[_Iterable[_Union[FilterCondition, _Mapping]]] = ..., none: _Optional[_Iterable[_Union[FilterCondition, _Mapping]]] = ..., all_of: _Optional[_Iterable[_Union[MetadataFilter, _Mapping]]] = ..., any_of: _Optional[_Iterable[_Union[MetadataFilter, _Mapping]]] = ...) -> None: ...
 
 class EmbeddingModel(_message.Message):
     __slots__ = ("name", "dim", "family", "description", "imgsz", "model_version_id")
@@ -195,6 +234,24 @@ class UpsertImagesResponse(_message.Message):
     points_count: int
     def __init__(self, ids: _Optional[_Iterable[str]] = ..., points_count: _Optional[int] = ...) -> None: ...
 
+class DeletePointsRequest(_message.Message):
+    __slots__ = ("collection", "ids", "filter")
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    IDS_FIELD_NUMBER: _ClassVar[int]
+    FILTER_FIELD_NUMBER: _ClassVar[int]
+    collection: str
+    ids: _containers.RepeatedScalarFieldContainer[str]
+    filter: MetadataFilter
+    def __init__(self, collection: _Optional[str] = ..., ids: _Optional[_Iterable[str]] = ..., filter: _Optional[_Union[MetadataFilter, _Mapping]] = ...) -> None: ...
+
+class DeletePointsResponse(_message.Message):
+    __slots__ = ("deleted", "points_count")
+    DELETED_FIELD_NUMBER: _ClassVar[int]
+    POINTS_COUNT_FIELD_NUMBER: _ClassVar[int]
+    deleted: int
+    points_count: int
+    def __init__(self, deleted: _Optional[int] = ..., points_count: _Optional[int] = ...) -> None: ...
+
 class ScoredPoint(_message.Message):
     __slots__ = ("id", "score", "product_id", "image_key", "payload")
     ID_FIELD_NUMBER: _ClassVar[int]
@@ -210,20 +267,22 @@ class ScoredPoint(_message.Message):
     def __init__(self, id: _Optional[str] = ..., score: _Optional[float] = ..., product_id: _Optional[str] = ..., image_key: _Optional[str] = ..., payload: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
 
 class SearchRequest(_message.Message):
-    __slots__ = ("collection", "image", "vector", "top_k", "filter", "score_threshold")
+    __slots__ = ("collection", "image", "vector", "point_id", "top_k", "filter", "score_threshold")
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     VECTOR_FIELD_NUMBER: _ClassVar[int]
+    POINT_ID_FIELD_NUMBER: _ClassVar[int]
     TOP_K_FIELD_NUMBER: _ClassVar[int]
     FILTER_FIELD_NUMBER: _ClassVar[int]
     SCORE_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
     collection: str
     image: _image_pb2.Image
     vector: Vector
+    point_id: str
     top_k: int
     filter: MetadataFilter
     score_threshold: float
-    def __init__(self, collection: _Optional[str] = ..., image: _Optional[_Union[_image_pb2.Image, _Mapping]] = ..., vector: _Optional[_Union[Vector, _Mapping]] = ..., top_k: _Optional[int] = ..., filter: _Optional[_Union[MetadataFilter, _Mapping]] = ..., score_threshold: _Optional[float] = ...) -> None: ...
+    def __init__(self, collection: _Optional[str] = ..., image: _Optional[_Union[_image_pb2.Image, _Mapping]] = ..., vector: _Optional[_Union[Vector, _Mapping]] = ..., point_id: _Optional[str] = ..., top_k: _Optional[int] = ..., filter: _Optional[_Union[MetadataFilter, _Mapping]] = ..., score_threshold: _Optional[float] = ...) -> None: ...
 
 class SearchResponse(_message.Message):
     __slots__ = ("points",)
@@ -242,26 +301,42 @@ class ProductMatch(_message.Message):
     def __init__(self, product_id: _Optional[str] = ..., score: _Optional[float] = ..., point: _Optional[_Union[ScoredPoint, _Mapping]] = ...) -> None: ...
 
 class ImageMatches(_message.Message):
-    __slots__ = ("matched", "products")
+    __slots__ = ("matched", "products", "objects")
     MATCHED_FIELD_NUMBER: _ClassVar[int]
     PRODUCTS_FIELD_NUMBER: _ClassVar[int]
+    OBJECTS_FIELD_NUMBER: _ClassVar[int]
     matched: bool
     products: _containers.RepeatedCompositeFieldContainer[ProductMatch]
-    def __init__(self, matched: _Optional[bool] = ..., products: _Optional[_Iterable[_Union[ProductMatch, _Mapping]]] = ...) -> None: ...
+    objects: _containers.RepeatedCompositeFieldContainer[ObjectMatches]
+    def __init__(self, matched: _Optional[bool] = ..., products: _Optional[_Iterable[_Union[ProductMatch, _Mapping]]] = ..., objects: _Optional[_Iterable[_Union[ObjectMatches, _Mapping]]] = ...) -> None: ...
+
+class ObjectMatches(_message.Message):
+    __slots__ = ("detection", "matched", "products")
+    DETECTION_FIELD_NUMBER: _ClassVar[int]
+    MATCHED_FIELD_NUMBER: _ClassVar[int]
+    PRODUCTS_FIELD_NUMBER: _ClassVar[int]
+    detection: _inference_pb2.Detection
+    matched: bool
+    products: _containers.RepeatedCompositeFieldContainer[ProductMatch]
+    def __init__(self, detection: _Optional[_Union[_inference_pb2.Detection, _Mapping]] = ..., matched: _Optional[bool] = ..., products: _Optional[_Iterable[_Union[ProductMatch, _Mapping]]] = ...) -> None: ...
 
 class MatchRequest(_message.Message):
-    __slots__ = ("collection", "images", "top_k", "threshold", "filter")
+    __slots__ = ("collection", "images", "top_k", "threshold", "filter", "detector_deployment", "detector_options")
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
     IMAGES_FIELD_NUMBER: _ClassVar[int]
     TOP_K_FIELD_NUMBER: _ClassVar[int]
     THRESHOLD_FIELD_NUMBER: _ClassVar[int]
     FILTER_FIELD_NUMBER: _ClassVar[int]
+    DETECTOR_DEPLOYMENT_FIELD_NUMBER: _ClassVar[int]
+    DETECTOR_OPTIONS_FIELD_NUMBER: _ClassVar[int]
     collection: str
     images: _containers.RepeatedCompositeFieldContainer[_image_pb2.Image]
     top_k: int
     threshold: float
     filter: MetadataFilter
-    def __init__(self, collection: _Optional[str] = ..., images: _Optional[_Iterable[_Union[_image_pb2.Image, _Mapping]]] = ..., top_k: _Optional[int] = ..., threshold: _Optional[float] = ..., filter: _Optional[_Union[MetadataFilter, _Mapping]] = ...) -> None: ...
+    detector_deployment: str
+    detector_options: _inference_pb2.PredictOptions
+    def __init__(self, collection: _Optional[str] = ..., images: _Optional[_Iterable[_Union[_image_pb2.Image, _Mapping]]] = ..., top_k: _Optional[int] = ..., threshold: _Optional[float] = ..., filter: _Optional[_Union[MetadataFilter, _Mapping]] = ..., detector_deployment: _Optional[str] = ..., detector_options: _Optional[_Union[_inference_pb2.PredictOptions, _Mapping]] = ...) -> None: ...
 
 class MatchResponse(_message.Message):
     __slots__ = ("results",)
@@ -270,20 +345,24 @@ class MatchResponse(_message.Message):
     def __init__(self, results: _Optional[_Iterable[_Union[ImageMatches, _Mapping]]] = ...) -> None: ...
 
 class ProductSource(_message.Message):
-    __slots__ = ("catalog_prefix", "product_ids")
-    CATALOG_PREFIX_FIELD_NUMBER: _ClassVar[int]
+    __slots__ = ("dataset_id", "snapshot_id", "product_ids")
+    DATASET_ID_FIELD_NUMBER: _ClassVar[int]
+    SNAPSHOT_ID_FIELD_NUMBER: _ClassVar[int]
     PRODUCT_IDS_FIELD_NUMBER: _ClassVar[int]
-    catalog_prefix: str
+    dataset_id: str
+    snapshot_id: str
     product_ids: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, catalog_prefix: _Optional[str] = ..., product_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+    def __init__(self, dataset_id: _Optional[str] = ..., snapshot_id: _Optional[str] = ..., product_ids: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class CatalogFilterSource(_message.Message):
-    __slots__ = ("catalog_prefix", "filter")
-    CATALOG_PREFIX_FIELD_NUMBER: _ClassVar[int]
+    __slots__ = ("filter", "dataset_id", "snapshot_id")
     FILTER_FIELD_NUMBER: _ClassVar[int]
-    catalog_prefix: str
+    DATASET_ID_FIELD_NUMBER: _ClassVar[int]
+    SNAPSHOT_ID_FIELD_NUMBER: _ClassVar[int]
     filter: MetadataFilter
-    def __init__(self, catalog_prefix: _Optional[str] = ..., filter: _Optional[_Union[MetadataFilter, _Mapping]] = ...) -> None: ...
+    dataset_id: str
+    snapshot_id: str
+    def __init__(self, filter: _Optional[_Union[MetadataFilter, _Mapping]] = ..., dataset_id: _Optional[str] = ..., snapshot_id: _Optional[str] = ...) -> None: ...
 
 class DatasetSource(_message.Message):
     __slots__ = ("dataset_id", "snapshot_id", "splits", "class_as_product_id")
@@ -298,16 +377,18 @@ class DatasetSource(_message.Message):
     def __init__(self, dataset_id: _Optional[str] = ..., snapshot_id: _Optional[str] = ..., splits: _Optional[_Iterable[str]] = ..., class_as_product_id: _Optional[bool] = ...) -> None: ...
 
 class SourceImage(_message.Message):
-    __slots__ = ("key", "id", "product_id", "payload")
+    __slots__ = ("key", "id", "product_id", "payload", "collection")
     KEY_FIELD_NUMBER: _ClassVar[int]
     ID_FIELD_NUMBER: _ClassVar[int]
     PRODUCT_ID_FIELD_NUMBER: _ClassVar[int]
     PAYLOAD_FIELD_NUMBER: _ClassVar[int]
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
     key: str
     id: str
     product_id: str
     payload: _struct_pb2.Struct
-    def __init__(self, key: _Optional[str] = ..., id: _Optional[str] = ..., product_id: _Optional[str] = ..., payload: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
+    collection: str
+    def __init__(self, key: _Optional[str] = ..., id: _Optional[str] = ..., product_id: _Optional[str] = ..., payload: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., collection: _Optional[str] = ...) -> None: ...
 
 class ImageListSource(_message.Message):
     __slots__ = ("images",)
@@ -316,16 +397,25 @@ class ImageListSource(_message.Message):
     def __init__(self, images: _Optional[_Iterable[_Union[SourceImage, _Mapping]]] = ...) -> None: ...
 
 class CollectionRouting(_message.Message):
-    __slots__ = ("default_collection", "field", "create_missing", "distance")
+    __slots__ = ("default_collection", "field", "create_missing", "routes", "distance")
+    class RoutesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     DEFAULT_COLLECTION_FIELD_NUMBER: _ClassVar[int]
     FIELD_FIELD_NUMBER: _ClassVar[int]
     CREATE_MISSING_FIELD_NUMBER: _ClassVar[int]
+    ROUTES_FIELD_NUMBER: _ClassVar[int]
     DISTANCE_FIELD_NUMBER: _ClassVar[int]
     default_collection: str
     field: str
     create_missing: bool
+    routes: _containers.ScalarMap[str, str]
     distance: str
-    def __init__(self, default_collection: _Optional[str] = ..., field: _Optional[str] = ..., create_missing: _Optional[bool] = ..., distance: _Optional[str] = ...) -> None: ...
+    def __init__(self, default_collection: _Optional[str] = ..., field: _Optional[str] = ..., create_missing: _Optional[bool] = ..., routes: _Optional[_Mapping[str, str]] = ..., distance: _Optional[str] = ...) -> None: ...
 
 class EmbeddingJobSpec(_message.Message):
     __slots__ = ("products", "dataset", "metadata_filter", "images", "model", "batch_size", "normalize", "routing", "device")
@@ -348,6 +438,38 @@ class EmbeddingJobSpec(_message.Message):
     routing: CollectionRouting
     device: str
     def __init__(self, products: _Optional[_Union[ProductSource, _Mapping]] = ..., dataset: _Optional[_Union[DatasetSource, _Mapping]] = ..., metadata_filter: _Optional[_Union[CatalogFilterSource, _Mapping]] = ..., images: _Optional[_Union[ImageListSource, _Mapping]] = ..., model: _Optional[str] = ..., batch_size: _Optional[int] = ..., normalize: _Optional[bool] = ..., routing: _Optional[_Union[CollectionRouting, _Mapping]] = ..., device: _Optional[str] = ...) -> None: ...
+
+class CollectionPoints(_message.Message):
+    __slots__ = ("collection", "points")
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    POINTS_FIELD_NUMBER: _ClassVar[int]
+    collection: str
+    points: int
+    def __init__(self, collection: _Optional[str] = ..., points: _Optional[int] = ...) -> None: ...
+
+class SkippedImage(_message.Message):
+    __slots__ = ("key", "reason", "message")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    key: str
+    reason: str
+    message: str
+    def __init__(self, key: _Optional[str] = ..., reason: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
+
+class EmbeddingJobResult(_message.Message):
+    __slots__ = ("images_selected", "images_embedded", "collections", "skipped", "images_skipped")
+    IMAGES_SELECTED_FIELD_NUMBER: _ClassVar[int]
+    IMAGES_EMBEDDED_FIELD_NUMBER: _ClassVar[int]
+    COLLECTIONS_FIELD_NUMBER: _ClassVar[int]
+    SKIPPED_FIELD_NUMBER: _ClassVar[int]
+    IMAGES_SKIPPED_FIELD_NUMBER: _ClassVar[int]
+    images_selected: int
+    images_embedded: int
+    collections: _containers.RepeatedCompositeFieldContainer[CollectionPoints]
+    skipped: _containers.RepeatedCompositeFieldContainer[SkippedImage]
+    images_skipped: int
+    def __init__(self, images_selected: _Optional[int] = ..., images_embedded: _Optional[int] = ..., collections: _Optional[_Iterable[_Union[CollectionPoints, _Mapping]]] = ..., skipped: _Optional[_Iterable[_Union[SkippedImage, _Mapping]]] = ..., images_skipped: _Optional[int] = ...) -> None: ...
 
 class ValidateEmbeddingSpecRequest(_message.Message):
     __slots__ = ("spec",)

@@ -74,6 +74,11 @@ class EmbeddingServiceStub:
                 request_serializer=visionmesh_dot_embedding_dot_v1_dot_embedding__pb2.UpsertImagesRequest.SerializeToString,
                 response_deserializer=visionmesh_dot_embedding_dot_v1_dot_embedding__pb2.UpsertImagesResponse.FromString,
                 _registered_method=True)
+        self.DeletePoints = channel.unary_unary(
+                '/visionmesh.embedding.v1.EmbeddingService/DeletePoints',
+                request_serializer=visionmesh_dot_embedding_dot_v1_dot_embedding__pb2.DeletePointsRequest.SerializeToString,
+                response_deserializer=visionmesh_dot_embedding_dot_v1_dot_embedding__pb2.DeletePointsResponse.FromString,
+                _registered_method=True)
         self.Search = channel.unary_unary(
                 '/visionmesh.embedding.v1.EmbeddingService/Search',
                 request_serializer=visionmesh_dot_embedding_dot_v1_dot_embedding__pb2.SearchRequest.SerializeToString,
@@ -156,9 +161,17 @@ class EmbeddingServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DeletePoints(self, request, context):
+        """Deletes points of a collection by id, by payload filter, or both (points matching
+        both). Errors: NOT_FOUND (collection), INVALID_ARGUMENT (neither ids nor filter).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Search(self, request, context):
-        """Finds the points nearest to an image (embedded with the collection's model) or a
-        vector, optionally filtered by payload. Errors: NOT_FOUND (collection, image key),
+        """Finds the points nearest to an image (embedded with the collection's model), a
+        vector, or a stored point (by id), optionally filtered by payload. Errors: NOT_FOUND (collection, image key),
         INVALID_ARGUMENT ("vector.values" of the wrong dimension, "image.data"),
         FAILED_PRECONDITION (image query on a collection without a model).
         """
@@ -168,8 +181,11 @@ class EmbeddingServiceServicer:
 
     def Match(self, request, context):
         """Product matching: for each query image, the best-scoring products of the
-        collection (points grouped by product_id, best point per product), or no match when
-        none reaches the threshold. Errors: NOT_FOUND (collection, image key),
+        collection (points grouped by product_id, best point per product, so several
+        reference images of one product count once), or no match when none reaches the
+        threshold. With detector_deployment, each image is a scene: the inference service
+        detects its objects, and every detection's crop is matched on its own (shelf
+        recognition in one call). Errors: NOT_FOUND (collection, image key),
         INVALID_ARGUMENT ("images[i].data"), FAILED_PRECONDITION (collection without a
         model).
         """
@@ -225,6 +241,11 @@ def add_EmbeddingServiceServicer_to_server(servicer, server):
                     servicer.UpsertImages,
                     request_deserializer=visionmesh_dot_embedding_dot_v1_dot_embedding__pb2.UpsertImagesRequest.FromString,
                     response_serializer=visionmesh_dot_embedding_dot_v1_dot_embedding__pb2.UpsertImagesResponse.SerializeToString,
+            ),
+            'DeletePoints': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeletePoints,
+                    request_deserializer=visionmesh_dot_embedding_dot_v1_dot_embedding__pb2.DeletePointsRequest.FromString,
+                    response_serializer=visionmesh_dot_embedding_dot_v1_dot_embedding__pb2.DeletePointsResponse.SerializeToString,
             ),
             'Search': grpc.unary_unary_rpc_method_handler(
                     servicer.Search,
@@ -436,6 +457,33 @@ class EmbeddingService:
             '/visionmesh.embedding.v1.EmbeddingService/UpsertImages',
             visionmesh_dot_embedding_dot_v1_dot_embedding__pb2.UpsertImagesRequest.SerializeToString,
             visionmesh_dot_embedding_dot_v1_dot_embedding__pb2.UpsertImagesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeletePoints(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/visionmesh.embedding.v1.EmbeddingService/DeletePoints',
+            visionmesh_dot_embedding_dot_v1_dot_embedding__pb2.DeletePointsRequest.SerializeToString,
+            visionmesh_dot_embedding_dot_v1_dot_embedding__pb2.DeletePointsResponse.FromString,
             options,
             channel_credentials,
             insecure,

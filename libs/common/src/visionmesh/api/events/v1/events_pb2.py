@@ -22,6 +22,7 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import any_pb2 as google_dot_protobuf_dot_any__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from visionmesh.api.common.v1 import artifact_pb2 as visionmesh_dot_common_dot_v1_dot_artifact__pb2
 from visionmesh.api.common.v1 import job_pb2 as visionmesh_dot_common_dot_v1_dot_job__pb2
@@ -32,7 +33,7 @@ from visionmesh.api.inference.v1 import inference_pb2 as visionmesh_dot_inferenc
 from visionmesh.api.training.v1 import training_pb2 as visionmesh_dot_training_dot_v1_dot_training__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!visionmesh/events/v1/events.proto\x12\x14visionmesh.events.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a#visionmesh/common/v1/artifact.proto\x1a\x1evisionmesh/common/v1/job.proto\x1a!visionmesh/common/v1/metric.proto\x1a\'visionmesh/embedding/v1/embedding.proto\x1a!visionmesh/export/v1/export.proto\x1a\'visionmesh/inference/v1/inference.proto\x1a%visionmesh/training/v1/training.proto\"\x89\x01\n\x0bSnapshotRef\x12\x13\n\x0bsnapshot_id\x18\x01 \x01(\t\x12\x14\n\x0cmanifest_key\x18\x02 \x01(\t\x12\x17\n\x0fmanifest_sha256\x18\x03 \x01(\t\x12\x13\n\x0b\x61rchive_key\x18\x04 \x01(\t\x12\x0c\n\x04task\x18\x05 \x01(\t\x12\x13\n\x0b\x63lass_names\x18\x06 \x03(\t\"\xb3\x01\n\x12TrainingJobRequest\x12\x32\n\x04spec\x18\x01 \x01(\x0b\x32$.visionmesh.training.v1.TrainingSpec\x12\x33\n\x08snapshot\x18\x02 \x01(\x0b\x32!.visionmesh.events.v1.SnapshotRef\x12\x1b\n\x13init_checkpoint_key\x18\x03 \x01(\t\x12\x17\n\x0f\x61rtifact_prefix\x18\x04 \x01(\t\"\xc9\x02\n\x10\x45xportJobRequest\x12.\n\x04spec\x18\x01 \x01(\x0b\x32 .visionmesh.export.v1.ExportSpec\x12\x16\n\x0e\x63heckpoint_key\x18\x02 \x01(\t\x12\x19\n\x11\x63heckpoint_sha256\x18\x03 \x01(\t\x12\x12\n\nmodel_name\x18\x04 \x01(\t\x12\x15\n\rmodel_version\x18\x05 \x01(\x05\x12\x11\n\tframework\x18\x06 \x01(\t\x12\x0c\n\x04task\x18\x07 \x01(\t\x12\x14\n\x0c\x61rchitecture\x18\x08 \x01(\t\x12\x13\n\x0b\x63lass_names\x18\t \x03(\t\x12\x17\n\x0f\x61rtifact_prefix\x18\n \x01(\t\x12\x33\n\x08snapshot\x18\x0b \x01(\x0b\x32!.visionmesh.events.v1.SnapshotRef\x12\r\n\x05imgsz\x18\x0c \x01(\x05\"n\n\x18\x42\x61tchInferenceJobRequest\x12\x39\n\x04spec\x18\x01 \x01(\x0b\x32+.visionmesh.inference.v1.BatchInferenceSpec\x12\x17\n\x0f\x61rtifact_prefix\x18\x02 \x01(\t\"\x9c\x01\n\x13\x45mbeddingJobRequest\x12\x37\n\x04spec\x18\x01 \x01(\x0b\x32).visionmesh.embedding.v1.EmbeddingJobSpec\x12\x33\n\x08snapshot\x18\x02 \x01(\x0b\x32!.visionmesh.events.v1.SnapshotRef\x12\x17\n\x0f\x61rtifact_prefix\x18\x03 \x01(\t\"\x98\x03\n\nJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x11\n\ttenant_id\x18\x02 \x01(\t\x12+\n\x04kind\x18\x03 \x01(\x0e\x32\x1d.visionmesh.common.v1.JobKind\x12/\n\x0b\x63reate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12<\n\x08training\x18\n \x01(\x0b\x32(.visionmesh.events.v1.TrainingJobRequestH\x00\x12\x38\n\x06\x65xport\x18\x0b \x01(\x0b\x32&.visionmesh.events.v1.ExportJobRequestH\x00\x12I\n\x0f\x62\x61tch_inference\x18\x0c \x01(\x0b\x32..visionmesh.events.v1.BatchInferenceJobRequestH\x00\x12>\n\tembedding\x18\r \x01(\x0b\x32).visionmesh.events.v1.EmbeddingJobRequestH\x00\x42\x06\n\x04work\"\xe4\x01\n\x0fJobStateChanged\x12-\n\x05state\x18\x01 \x01(\x0e\x32\x1e.visionmesh.common.v1.JobState\x12-\n\x05\x65rror\x18\x02 \x01(\x0b\x32\x1e.visionmesh.common.v1.JobError\x12\x43\n\x07metrics\x18\x03 \x03(\x0b\x32\x32.visionmesh.events.v1.JobStateChanged.MetricsEntry\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"G\n\x12JobMetricsReported\x12\x31\n\x06points\x18\x01 \x03(\x0b\x32!.visionmesh.common.v1.MetricPoint\"J\n\x13JobArtifactUploaded\x12\x33\n\x08\x61rtifact\x18\x01 \x01(\x0b\x32!.visionmesh.common.v1.ArtifactRef\"\x92\x02\n\x0cModelTrained\x12\x11\n\tframework\x18\x01 \x01(\t\x12\x0c\n\x04task\x18\x02 \x01(\t\x12\x14\n\x0c\x61rchitecture\x18\x03 \x01(\t\x12\x13\n\x0b\x63lass_names\x18\x04 \x03(\t\x12\r\n\x05imgsz\x18\x05 \x01(\x05\x12@\n\x07metrics\x18\x06 \x03(\x0b\x32/.visionmesh.events.v1.ModelTrained.MetricsEntry\x12\x35\n\ncheckpoint\x18\x07 \x01(\x0b\x32!.visionmesh.common.v1.ArtifactRef\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"C\n\rModelExported\x12\x32\n\x06result\x18\x01 \x01(\x0b\x32\".visionmesh.export.v1.ExportResult\"\x8e\x04\n\x08JobEvent\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x11\n\ttenant_id\x18\x02 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x03 \x01(\x05\x12\x17\n\x0fworker_sequence\x18\x04 \x01(\x03\x12\x11\n\tworker_id\x18\x05 \x01(\t\x12(\n\x04time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12>\n\rstate_changed\x18\n \x01(\x0b\x32%.visionmesh.events.v1.JobStateChangedH\x00\x12\x35\n\x08progress\x18\x0b \x01(\x0b\x32!.visionmesh.common.v1.JobProgressH\x00\x12;\n\x07metrics\x18\x0c \x01(\x0b\x32(.visionmesh.events.v1.JobMetricsReportedH\x00\x12=\n\x08\x61rtifact\x18\r \x01(\x0b\x32).visionmesh.events.v1.JobArtifactUploadedH\x00\x12;\n\rmodel_trained\x18\x0e \x01(\x0b\x32\".visionmesh.events.v1.ModelTrainedH\x00\x12=\n\x0emodel_exported\x18\x0f \x01(\x0b\x32#.visionmesh.events.v1.ModelExportedH\x00\x42\t\n\x07payload\"~\n\nJobControl\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x36\n\x06\x61\x63tion\x18\x02 \x01(\x0e\x32&.visionmesh.events.v1.JobControlAction\x12(\n\x04time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp*U\n\x10JobControlAction\x12\"\n\x1eJOB_CONTROL_ACTION_UNSPECIFIED\x10\x00\x12\x1d\n\x19JOB_CONTROL_ACTION_CANCEL\x10\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!visionmesh/events/v1/events.proto\x12\x14visionmesh.events.v1\x1a\x19google/protobuf/any.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a#visionmesh/common/v1/artifact.proto\x1a\x1evisionmesh/common/v1/job.proto\x1a!visionmesh/common/v1/metric.proto\x1a\'visionmesh/embedding/v1/embedding.proto\x1a!visionmesh/export/v1/export.proto\x1a\'visionmesh/inference/v1/inference.proto\x1a%visionmesh/training/v1/training.proto\"\x89\x01\n\x0bSnapshotRef\x12\x13\n\x0bsnapshot_id\x18\x01 \x01(\t\x12\x14\n\x0cmanifest_key\x18\x02 \x01(\t\x12\x17\n\x0fmanifest_sha256\x18\x03 \x01(\t\x12\x13\n\x0b\x61rchive_key\x18\x04 \x01(\t\x12\x0c\n\x04task\x18\x05 \x01(\t\x12\x13\n\x0b\x63lass_names\x18\x06 \x03(\t\"\xb3\x01\n\x12TrainingJobRequest\x12\x32\n\x04spec\x18\x01 \x01(\x0b\x32$.visionmesh.training.v1.TrainingSpec\x12\x33\n\x08snapshot\x18\x02 \x01(\x0b\x32!.visionmesh.events.v1.SnapshotRef\x12\x1b\n\x13init_checkpoint_key\x18\x03 \x01(\t\x12\x17\n\x0f\x61rtifact_prefix\x18\x04 \x01(\t\"\xc9\x02\n\x10\x45xportJobRequest\x12.\n\x04spec\x18\x01 \x01(\x0b\x32 .visionmesh.export.v1.ExportSpec\x12\x16\n\x0e\x63heckpoint_key\x18\x02 \x01(\t\x12\x19\n\x11\x63heckpoint_sha256\x18\x03 \x01(\t\x12\x12\n\nmodel_name\x18\x04 \x01(\t\x12\x15\n\rmodel_version\x18\x05 \x01(\x05\x12\x11\n\tframework\x18\x06 \x01(\t\x12\x0c\n\x04task\x18\x07 \x01(\t\x12\x14\n\x0c\x61rchitecture\x18\x08 \x01(\t\x12\x13\n\x0b\x63lass_names\x18\t \x03(\t\x12\x17\n\x0f\x61rtifact_prefix\x18\n \x01(\t\x12\x33\n\x08snapshot\x18\x0b \x01(\x0b\x32!.visionmesh.events.v1.SnapshotRef\x12\r\n\x05imgsz\x18\x0c \x01(\x05\"n\n\x18\x42\x61tchInferenceJobRequest\x12\x39\n\x04spec\x18\x01 \x01(\x0b\x32+.visionmesh.inference.v1.BatchInferenceSpec\x12\x17\n\x0f\x61rtifact_prefix\x18\x02 \x01(\t\"\x9c\x01\n\x13\x45mbeddingJobRequest\x12\x37\n\x04spec\x18\x01 \x01(\x0b\x32).visionmesh.embedding.v1.EmbeddingJobSpec\x12\x33\n\x08snapshot\x18\x02 \x01(\x0b\x32!.visionmesh.events.v1.SnapshotRef\x12\x17\n\x0f\x61rtifact_prefix\x18\x03 \x01(\t\"\x98\x03\n\nJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x11\n\ttenant_id\x18\x02 \x01(\t\x12+\n\x04kind\x18\x03 \x01(\x0e\x32\x1d.visionmesh.common.v1.JobKind\x12/\n\x0b\x63reate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12<\n\x08training\x18\n \x01(\x0b\x32(.visionmesh.events.v1.TrainingJobRequestH\x00\x12\x38\n\x06\x65xport\x18\x0b \x01(\x0b\x32&.visionmesh.events.v1.ExportJobRequestH\x00\x12I\n\x0f\x62\x61tch_inference\x18\x0c \x01(\x0b\x32..visionmesh.events.v1.BatchInferenceJobRequestH\x00\x12>\n\tembedding\x18\r \x01(\x0b\x32).visionmesh.events.v1.EmbeddingJobRequestH\x00\x42\x06\n\x04work\"\xe4\x01\n\x0fJobStateChanged\x12-\n\x05state\x18\x01 \x01(\x0e\x32\x1e.visionmesh.common.v1.JobState\x12-\n\x05\x65rror\x18\x02 \x01(\x0b\x32\x1e.visionmesh.common.v1.JobError\x12\x43\n\x07metrics\x18\x03 \x03(\x0b\x32\x32.visionmesh.events.v1.JobStateChanged.MetricsEntry\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"G\n\x12JobMetricsReported\x12\x31\n\x06points\x18\x01 \x03(\x0b\x32!.visionmesh.common.v1.MetricPoint\"J\n\x13JobArtifactUploaded\x12\x33\n\x08\x61rtifact\x18\x01 \x01(\x0b\x32!.visionmesh.common.v1.ArtifactRef\"\x92\x02\n\x0cModelTrained\x12\x11\n\tframework\x18\x01 \x01(\t\x12\x0c\n\x04task\x18\x02 \x01(\t\x12\x14\n\x0c\x61rchitecture\x18\x03 \x01(\t\x12\x13\n\x0b\x63lass_names\x18\x04 \x03(\t\x12\r\n\x05imgsz\x18\x05 \x01(\x05\x12@\n\x07metrics\x18\x06 \x03(\x0b\x32/.visionmesh.events.v1.ModelTrained.MetricsEntry\x12\x35\n\ncheckpoint\x18\x07 \x01(\x0b\x32!.visionmesh.common.v1.ArtifactRef\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"C\n\rModelExported\x12\x32\n\x06result\x18\x01 \x01(\x0b\x32\".visionmesh.export.v1.ExportResult\"9\n\x11JobResultReported\x12$\n\x06result\x18\x01 \x01(\x0b\x32\x14.google.protobuf.Any\"\xc9\x04\n\x08JobEvent\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x11\n\ttenant_id\x18\x02 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x03 \x01(\x05\x12\x17\n\x0fworker_sequence\x18\x04 \x01(\x03\x12\x11\n\tworker_id\x18\x05 \x01(\t\x12(\n\x04time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12>\n\rstate_changed\x18\n \x01(\x0b\x32%.visionmesh.events.v1.JobStateChangedH\x00\x12\x35\n\x08progress\x18\x0b \x01(\x0b\x32!.visionmesh.common.v1.JobProgressH\x00\x12;\n\x07metrics\x18\x0c \x01(\x0b\x32(.visionmesh.events.v1.JobMetricsReportedH\x00\x12=\n\x08\x61rtifact\x18\r \x01(\x0b\x32).visionmesh.events.v1.JobArtifactUploadedH\x00\x12;\n\rmodel_trained\x18\x0e \x01(\x0b\x32\".visionmesh.events.v1.ModelTrainedH\x00\x12=\n\x0emodel_exported\x18\x0f \x01(\x0b\x32#.visionmesh.events.v1.ModelExportedH\x00\x12\x39\n\x06result\x18\x10 \x01(\x0b\x32\'.visionmesh.events.v1.JobResultReportedH\x00\x42\t\n\x07payload\"~\n\nJobControl\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x36\n\x06\x61\x63tion\x18\x02 \x01(\x0e\x32&.visionmesh.events.v1.JobControlAction\x12(\n\x04time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp*U\n\x10JobControlAction\x12\"\n\x1eJOB_CONTROL_ACTION_UNSPECIFIED\x10\x00\x12\x1d\n\x19JOB_CONTROL_ACTION_CANCEL\x10\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -43,36 +44,38 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_JOBSTATECHANGED_METRICSENTRY']._serialized_options = b'8\001'
   _globals['_MODELTRAINED_METRICSENTRY']._loaded_options = None
   _globals['_MODELTRAINED_METRICSENTRY']._serialized_options = b'8\001'
-  _globals['_JOBCONTROLACTION']._serialized_start=3071
-  _globals['_JOBCONTROLACTION']._serialized_end=3156
-  _globals['_SNAPSHOTREF']._serialized_start=353
-  _globals['_SNAPSHOTREF']._serialized_end=490
-  _globals['_TRAININGJOBREQUEST']._serialized_start=493
-  _globals['_TRAININGJOBREQUEST']._serialized_end=672
-  _globals['_EXPORTJOBREQUEST']._serialized_start=675
-  _globals['_EXPORTJOBREQUEST']._serialized_end=1004
-  _globals['_BATCHINFERENCEJOBREQUEST']._serialized_start=1006
-  _globals['_BATCHINFERENCEJOBREQUEST']._serialized_end=1116
-  _globals['_EMBEDDINGJOBREQUEST']._serialized_start=1119
-  _globals['_EMBEDDINGJOBREQUEST']._serialized_end=1275
-  _globals['_JOBREQUEST']._serialized_start=1278
-  _globals['_JOBREQUEST']._serialized_end=1686
-  _globals['_JOBSTATECHANGED']._serialized_start=1689
-  _globals['_JOBSTATECHANGED']._serialized_end=1917
-  _globals['_JOBSTATECHANGED_METRICSENTRY']._serialized_start=1871
-  _globals['_JOBSTATECHANGED_METRICSENTRY']._serialized_end=1917
-  _globals['_JOBMETRICSREPORTED']._serialized_start=1919
-  _globals['_JOBMETRICSREPORTED']._serialized_end=1990
-  _globals['_JOBARTIFACTUPLOADED']._serialized_start=1992
-  _globals['_JOBARTIFACTUPLOADED']._serialized_end=2066
-  _globals['_MODELTRAINED']._serialized_start=2069
-  _globals['_MODELTRAINED']._serialized_end=2343
-  _globals['_MODELTRAINED_METRICSENTRY']._serialized_start=1871
-  _globals['_MODELTRAINED_METRICSENTRY']._serialized_end=1917
-  _globals['_MODELEXPORTED']._serialized_start=2345
-  _globals['_MODELEXPORTED']._serialized_end=2412
-  _globals['_JOBEVENT']._serialized_start=2415
-  _globals['_JOBEVENT']._serialized_end=2941
-  _globals['_JOBCONTROL']._serialized_start=2943
-  _globals['_JOBCONTROL']._serialized_end=3069
+  _globals['_JOBCONTROLACTION']._serialized_start=3216
+  _globals['_JOBCONTROLACTION']._serialized_end=3301
+  _globals['_SNAPSHOTREF']._serialized_start=380
+  _globals['_SNAPSHOTREF']._serialized_end=517
+  _globals['_TRAININGJOBREQUEST']._serialized_start=520
+  _globals['_TRAININGJOBREQUEST']._serialized_end=699
+  _globals['_EXPORTJOBREQUEST']._serialized_start=702
+  _globals['_EXPORTJOBREQUEST']._serialized_end=1031
+  _globals['_BATCHINFERENCEJOBREQUEST']._serialized_start=1033
+  _globals['_BATCHINFERENCEJOBREQUEST']._serialized_end=1143
+  _globals['_EMBEDDINGJOBREQUEST']._serialized_start=1146
+  _globals['_EMBEDDINGJOBREQUEST']._serialized_end=1302
+  _globals['_JOBREQUEST']._serialized_start=1305
+  _globals['_JOBREQUEST']._serialized_end=1713
+  _globals['_JOBSTATECHANGED']._serialized_start=1716
+  _globals['_JOBSTATECHANGED']._serialized_end=1944
+  _globals['_JOBSTATECHANGED_METRICSENTRY']._serialized_start=1898
+  _globals['_JOBSTATECHANGED_METRICSENTRY']._serialized_end=1944
+  _globals['_JOBMETRICSREPORTED']._serialized_start=1946
+  _globals['_JOBMETRICSREPORTED']._serialized_end=2017
+  _globals['_JOBARTIFACTUPLOADED']._serialized_start=2019
+  _globals['_JOBARTIFACTUPLOADED']._serialized_end=2093
+  _globals['_MODELTRAINED']._serialized_start=2096
+  _globals['_MODELTRAINED']._serialized_end=2370
+  _globals['_MODELTRAINED_METRICSENTRY']._serialized_start=1898
+  _globals['_MODELTRAINED_METRICSENTRY']._serialized_end=1944
+  _globals['_MODELEXPORTED']._serialized_start=2372
+  _globals['_MODELEXPORTED']._serialized_end=2439
+  _globals['_JOBRESULTREPORTED']._serialized_start=2441
+  _globals['_JOBRESULTREPORTED']._serialized_end=2498
+  _globals['_JOBEVENT']._serialized_start=2501
+  _globals['_JOBEVENT']._serialized_end=3086
+  _globals['_JOBCONTROL']._serialized_start=3088
+  _globals['_JOBCONTROL']._serialized_end=3214
 # @@protoc_insertion_point(module_scope)

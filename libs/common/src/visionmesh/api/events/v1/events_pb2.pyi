@@ -1,5 +1,6 @@
 import datetime
 
+from google.protobuf import any_pb2 as _any_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from visionmesh.api.common.v1 import artifact_pb2 as _artifact_pb2
 from visionmesh.api.common.v1 import job_pb2 as _job_pb2
@@ -178,8 +179,14 @@ class ModelExported(_message.Message):
     result: _export_pb2.ExportResult
     def __init__(self, result: _Optional[_Union[_export_pb2.ExportResult, _Mapping]] = ...) -> None: ...
 
+class JobResultReported(_message.Message):
+    __slots__ = ("result",)
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    result: _any_pb2.Any
+    def __init__(self, result: _Optional[_Union[_any_pb2.Any, _Mapping]] = ...) -> None: ...
+
 class JobEvent(_message.Message):
-    __slots__ = ("job_id", "tenant_id", "attempt", "worker_sequence", "worker_id", "time", "state_changed", "progress", "metrics", "artifact", "model_trained", "model_exported")
+    __slots__ = ("job_id", "tenant_id", "attempt", "worker_sequence", "worker_id", "time", "state_changed", "progress", "metrics", "artifact", "model_trained", "model_exported", "result")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     TENANT_ID_FIELD_NUMBER: _ClassVar[int]
     ATTEMPT_FIELD_NUMBER: _ClassVar[int]
@@ -192,6 +199,7 @@ class JobEvent(_message.Message):
     ARTIFACT_FIELD_NUMBER: _ClassVar[int]
     MODEL_TRAINED_FIELD_NUMBER: _ClassVar[int]
     MODEL_EXPORTED_FIELD_NUMBER: _ClassVar[int]
+    RESULT_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     tenant_id: str
     attempt: int
@@ -204,7 +212,8 @@ class JobEvent(_message.Message):
     artifact: JobArtifactUploaded
     model_trained: ModelTrained
     model_exported: ModelExported
-    def __init__(self, job_id: _Optional[str] = ..., tenant_id: _Optional[str] = ..., attempt: _Optional[int] = ..., worker_sequence: _Optional[int] = ..., worker_id: _Optional[str] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., state_changed: _Optional[_Union[JobStateChanged, _Mapping]] = ..., progress: _Optional[_Union[_job_pb2.JobProgress, _Mapping]] = ..., metrics: _Optional[_Union[JobMetricsReported, _Mapping]] = ..., artifact: _Optional[_Union[JobArtifactUploaded, _Mapping]] = ..., model_trained: _Optional[_Union[ModelTrained, _Mapping]] = ..., model_exported: _Optional[_Union[ModelExported, _Mapping]] = ...) -> None: ...
+    result: JobResultReported
+    def __init__(self, job_id: _Optional[str] = ..., tenant_id: _Optional[str] = ..., attempt: _Optional[int] = ..., worker_sequence: _Optional[int] = ..., worker_id: _Optional[str] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., state_changed: _Optional[_Union[JobStateChanged, _Mapping]] = ..., progress: _Optional[_Union[_job_pb2.JobProgress, _Mapping]] = ..., metrics: _Optional[_Union[JobMetricsReported, _Mapping]] = ..., artifact: _Optional[_Union[JobArtifactUploaded, _Mapping]] = ..., model_trained: _Optional[_Union[ModelTrained, _Mapping]] = ..., model_exported: _Optional[_Union[ModelExported, _Mapping]] = ..., result: _Optional[_Union[JobResultReported, _Mapping]] = ...) -> None: ...
 
 class JobControl(_message.Message):
     __slots__ = ("job_id", "action", "time")

@@ -28,12 +28,13 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from visionmesh.api.common.v1 import artifact_pb2 as visionmesh_dot_common_dot_v1_dot_artifact__pb2
 from visionmesh.api.common.v1 import job_pb2 as visionmesh_dot_common_dot_v1_dot_job__pb2
 from visionmesh.api.common.v1 import metric_pb2 as visionmesh_dot_common_dot_v1_dot_metric__pb2
+from visionmesh.api.embedding.v1 import embedding_pb2 as visionmesh_dot_embedding_dot_v1_dot_embedding__pb2
 from visionmesh.api.export.v1 import export_pb2 as visionmesh_dot_export_dot_v1_dot_export__pb2
 from visionmesh.api.inference.v1 import inference_pb2 as visionmesh_dot_inference_dot_v1_dot_inference__pb2
 from visionmesh.api.training.v1 import training_pb2 as visionmesh_dot_training_dot_v1_dot_training__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n visionmesh/gateway/v1/jobs.proto\x12\x15visionmesh.gateway.v1\x1a\x1b\x62uf/validate/validate.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a#visionmesh/common/v1/artifact.proto\x1a\x1evisionmesh/common/v1/job.proto\x1a!visionmesh/common/v1/metric.proto\x1a!visionmesh/export/v1/export.proto\x1a\'visionmesh/inference/v1/inference.proto\x1a%visionmesh/training/v1/training.proto\"\x9d\x01\n\x18\x43reateTrainingJobRequest\x12\x12\n\ndataset_id\x18\x01 \x01(\t\x12\x13\n\x0bsnapshot_id\x18\x02 \x01(\t\x12:\n\x04spec\x18\x03 \x01(\x0b\x32$.visionmesh.training.v1.TrainingSpecB\x06\xbaH\x03\xc8\x01\x01\x12\x1c\n\nmodel_name\x18\x04 \x01(\tB\x08\xbaH\x05r\x03\x18\x80\x01\"C\n\x19\x43reateTrainingJobResponse\x12&\n\x03job\x18\x01 \x01(\x0b\x32\x19.visionmesh.common.v1.Job\"l\n\x16\x43reateExportJobRequest\x12\"\n\x10model_version_id\x18\x01 \x01(\tB\x08\xbaH\x05r\x03\x18\x80\x01\x12.\n\x04spec\x18\x02 \x01(\x0b\x32 .visionmesh.export.v1.ExportSpec\"A\n\x17\x43reateExportJobResponse\x12&\n\x03job\x18\x01 \x01(\x0b\x32\x19.visionmesh.common.v1.Job\"a\n\x1d\x43reateBatchInputUploadRequest\x12\x33\n\nfile_names\x18\x01 \x03(\tB\x1f\xbaH\x1c\x92\x01\x19\x10\xe8\x07\x18\x01\"\x12r\x10\x10\x01\x18\xff\x01\x32\t^[^/\\\\]+$\x12\x0b\n\x03zip\x18\x02 \x01(\x08\"8\n\tUploadUrl\x12\x11\n\tfile_name\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\x12\x0b\n\x03url\x18\x03 \x01(\t\"}\n\x1e\x43reateBatchInputUploadResponse\x12\x14\n\x0cinput_prefix\x18\x01 \x01(\t\x12\x31\n\x07uploads\x18\x02 \x03(\x0b\x32 .visionmesh.gateway.v1.UploadUrl\x12\x12\n\nexpires_in\x18\x03 \x01(\x03\"c\n\x1e\x43reateBatchInferenceJobRequest\x12\x41\n\x04spec\x18\x01 \x01(\x0b\x32+.visionmesh.inference.v1.BatchInferenceSpecB\x06\xbaH\x03\xc8\x01\x01\"I\n\x1f\x43reateBatchInferenceJobResponse\x12&\n\x03job\x18\x01 \x01(\x0b\x32\x19.visionmesh.common.v1.Job\"j\n ListBatchInferenceResultsRequest\x12\x13\n\x02id\x18\x01 \x01(\tB\x07\xbaH\x04r\x02\x10\x01\x12\x1d\n\tpage_size\x18\x02 \x01(\x05\x42\n\xbaH\x07\x1a\x05\x18\xe8\x07(\x00\x12\x12\n\npage_token\x18\x03 \x01(\t\"\x82\x01\n!ListBatchInferenceResultsResponse\x12\x35\n\x07results\x18\x01 \x03(\x0b\x32$.visionmesh.inference.v1.ImageResult\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\r\n\x05total\x18\x03 \x01(\x03\"$\n\rGetJobRequest\x12\x13\n\x02id\x18\x01 \x01(\tB\x07\xbaH\x04r\x02\x10\x01\"8\n\x0eGetJobResponse\x12&\n\x03job\x18\x01 \x01(\x0b\x32\x19.visionmesh.common.v1.Job\"\xb4\x01\n\x0fListJobsRequest\x12\x1d\n\tpage_size\x18\x01 \x01(\x05\x42\n\xbaH\x07\x1a\x05\x18\xe8\x07(\x00\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x35\n\x04kind\x18\x03 \x01(\x0e\x32\x1d.visionmesh.common.v1.JobKindB\x08\xbaH\x05\x82\x01\x02\x10\x01\x12\x37\n\x05state\x18\x04 \x01(\x0e\x32\x1e.visionmesh.common.v1.JobStateB\x08\xbaH\x05\x82\x01\x02\x10\x01\"T\n\x10ListJobsResponse\x12\'\n\x04jobs\x18\x01 \x03(\x0b\x32\x19.visionmesh.common.v1.Job\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\'\n\x10\x43\x61ncelJobRequest\x12\x13\n\x02id\x18\x01 \x01(\tB\x07\xbaH\x04r\x02\x10\x01\";\n\x11\x43\x61ncelJobResponse\x12&\n\x03job\x18\x01 \x01(\x0b\x32\x19.visionmesh.common.v1.Job\"G\n\x0fWatchJobRequest\x12\x13\n\x02id\x18\x01 \x01(\tB\x07\xbaH\x04r\x02\x10\x01\x12\x1f\n\x0e\x61\x66ter_sequence\x18\x02 \x01(\x03\x42\x07\xbaH\x04\"\x02(\x00\"n\n\x0eJobStateChange\x12-\n\x05state\x18\x01 \x01(\x0e\x32\x1e.visionmesh.common.v1.JobState\x12-\n\x05\x65rror\x18\x02 \x01(\x0b\x32\x1e.visionmesh.common.v1.JobError\"@\n\x0bMetricBatch\x12\x31\n\x06points\x18\x01 \x03(\x0b\x32!.visionmesh.common.v1.MetricPoint\"\x94\x03\n\x10WatchJobResponse\x12\x10\n\x08sequence\x18\x01 \x01(\x03\x12(\n\x04time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12&\n\x03job\x18\x03 \x01(\x0b\x32\x19.visionmesh.common.v1.Job\x12=\n\x0cstate_change\x18\n \x01(\x0b\x32%.visionmesh.gateway.v1.JobStateChangeH\x00\x12\x35\n\x08progress\x18\x0b \x01(\x0b\x32!.visionmesh.common.v1.JobProgressH\x00\x12\x35\n\x07metrics\x18\x0c \x01(\x0b\x32\".visionmesh.gateway.v1.MetricBatchH\x00\x12\x35\n\x08\x61rtifact\x18\r \x01(\x0b\x32!.visionmesh.common.v1.ArtifactRefH\x00\x12\x1a\n\x10model_version_id\x18\x0e \x01(\tH\x00\x12\x13\n\texport_id\x18\x0f \x01(\tH\x00\x42\x07\n\x05\x65vent\":\n\x15ListJobMetricsRequest\x12\x13\n\x02id\x18\x01 \x01(\tB\x07\xbaH\x04r\x02\x10\x01\x12\x0c\n\x04name\x18\x02 \x01(\t\"K\n\x16ListJobMetricsResponse\x12\x31\n\x06points\x18\x01 \x03(\x0b\x32!.visionmesh.common.v1.MetricPoint\".\n\x17ListJobArtifactsRequest\x12\x13\n\x02id\x18\x01 \x01(\tB\x07\xbaH\x04r\x02\x10\x01\"P\n\x18ListJobArtifactsResponse\x12\x34\n\tartifacts\x18\x01 \x03(\x0b\x32!.visionmesh.common.v1.ArtifactRef\"4\n\x1dGetArtifactDownloadUrlRequest\x12\x13\n\x02id\x18\x01 \x01(\tB\x07\xbaH\x04r\x02\x10\x01\"v\n\x1eGetArtifactDownloadUrlResponse\x12\x0b\n\x03url\x18\x01 \x01(\t\x12\x12\n\nexpires_in\x18\x02 \x01(\x03\x12\x33\n\x08\x61rtifact\x18\x03 \x01(\x0b\x32!.visionmesh.common.v1.ArtifactRef2\x80\x0e\n\nJobService\x12\x94\x01\n\x11\x43reateTrainingJob\x12/.visionmesh.gateway.v1.CreateTrainingJobRequest\x1a\x30.visionmesh.gateway.v1.CreateTrainingJobResponse\"\x1c\x82\xd3\xe4\x93\x02\x16\"\x11/v1/training/jobs:\x01*\x12\x8c\x01\n\x0f\x43reateExportJob\x12-.visionmesh.gateway.v1.CreateExportJobRequest\x1a..visionmesh.gateway.v1.CreateExportJobResponse\"\x1a\x82\xd3\xe4\x93\x02\x14\"\x0f/v1/export/jobs:\x01*\x12\xad\x01\n\x16\x43reateBatchInputUpload\x12\x34.visionmesh.gateway.v1.CreateBatchInputUploadRequest\x1a\x35.visionmesh.gateway.v1.CreateBatchInputUploadResponse\"&\x82\xd3\xe4\x93\x02 \"\x1b/v1/batch-inference/uploads:\x01*\x12\xad\x01\n\x17\x43reateBatchInferenceJob\x12\x35.visionmesh.gateway.v1.CreateBatchInferenceJobRequest\x1a\x36.visionmesh.gateway.v1.CreateBatchInferenceJobResponse\"#\x82\xd3\xe4\x93\x02\x1d\"\x18/v1/batch-inference/jobs:\x01*\x12\xbd\x01\n\x19ListBatchInferenceResults\x12\x37.visionmesh.gateway.v1.ListBatchInferenceResultsRequest\x1a\x38.visionmesh.gateway.v1.ListBatchInferenceResultsResponse\"-\x82\xd3\xe4\x93\x02\'\x12%/v1/batch-inference/jobs/{id}/results\x12l\n\x06GetJob\x12$.visionmesh.gateway.v1.GetJobRequest\x1a%.visionmesh.gateway.v1.GetJobResponse\"\x15\x82\xd3\xe4\x93\x02\x0f\x12\r/v1/jobs/{id}\x12m\n\x08ListJobs\x12&.visionmesh.gateway.v1.ListJobsRequest\x1a\'.visionmesh.gateway.v1.ListJobsResponse\"\x10\x82\xd3\xe4\x93\x02\n\x12\x08/v1/jobs\x12\x7f\n\tCancelJob\x12\'.visionmesh.gateway.v1.CancelJobRequest\x1a(.visionmesh.gateway.v1.CancelJobResponse\"\x1f\x82\xd3\xe4\x93\x02\x19\"\x14/v1/jobs/{id}:cancel:\x01*\x12{\n\x08WatchJob\x12&.visionmesh.gateway.v1.WatchJobRequest\x1a\'.visionmesh.gateway.v1.WatchJobResponse\"\x1c\x82\xd3\xe4\x93\x02\x16\x12\x14/v1/jobs/{id}/events0\x01\x12\x8c\x01\n\x0eListJobMetrics\x12,.visionmesh.gateway.v1.ListJobMetricsRequest\x1a-.visionmesh.gateway.v1.ListJobMetricsResponse\"\x1d\x82\xd3\xe4\x93\x02\x17\x12\x15/v1/jobs/{id}/metrics\x12\x94\x01\n\x10ListJobArtifacts\x12..visionmesh.gateway.v1.ListJobArtifactsRequest\x1a/.visionmesh.gateway.v1.ListJobArtifactsResponse\"\x1f\x82\xd3\xe4\x93\x02\x19\x12\x17/v1/jobs/{id}/artifacts\x12\xaa\x01\n\x16GetArtifactDownloadUrl\x12\x34.visionmesh.gateway.v1.GetArtifactDownloadUrlRequest\x1a\x35.visionmesh.gateway.v1.GetArtifactDownloadUrlResponse\"#\x82\xd3\xe4\x93\x02\x1d\x12\x1b/v1/artifacts/{id}:downloadb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n visionmesh/gateway/v1/jobs.proto\x12\x15visionmesh.gateway.v1\x1a\x1b\x62uf/validate/validate.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a#visionmesh/common/v1/artifact.proto\x1a\x1evisionmesh/common/v1/job.proto\x1a!visionmesh/common/v1/metric.proto\x1a\'visionmesh/embedding/v1/embedding.proto\x1a!visionmesh/export/v1/export.proto\x1a\'visionmesh/inference/v1/inference.proto\x1a%visionmesh/training/v1/training.proto\"\x9d\x01\n\x18\x43reateTrainingJobRequest\x12\x12\n\ndataset_id\x18\x01 \x01(\t\x12\x13\n\x0bsnapshot_id\x18\x02 \x01(\t\x12:\n\x04spec\x18\x03 \x01(\x0b\x32$.visionmesh.training.v1.TrainingSpecB\x06\xbaH\x03\xc8\x01\x01\x12\x1c\n\nmodel_name\x18\x04 \x01(\tB\x08\xbaH\x05r\x03\x18\x80\x01\"C\n\x19\x43reateTrainingJobResponse\x12&\n\x03job\x18\x01 \x01(\x0b\x32\x19.visionmesh.common.v1.Job\"l\n\x16\x43reateExportJobRequest\x12\"\n\x10model_version_id\x18\x01 \x01(\tB\x08\xbaH\x05r\x03\x18\x80\x01\x12.\n\x04spec\x18\x02 \x01(\x0b\x32 .visionmesh.export.v1.ExportSpec\"A\n\x17\x43reateExportJobResponse\x12&\n\x03job\x18\x01 \x01(\x0b\x32\x19.visionmesh.common.v1.Job\"a\n\x1d\x43reateBatchInputUploadRequest\x12\x33\n\nfile_names\x18\x01 \x03(\tB\x1f\xbaH\x1c\x92\x01\x19\x10\xe8\x07\x18\x01\"\x12r\x10\x10\x01\x18\xff\x01\x32\t^[^/\\\\]+$\x12\x0b\n\x03zip\x18\x02 \x01(\x08\"8\n\tUploadUrl\x12\x11\n\tfile_name\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\x12\x0b\n\x03url\x18\x03 \x01(\t\"}\n\x1e\x43reateBatchInputUploadResponse\x12\x14\n\x0cinput_prefix\x18\x01 \x01(\t\x12\x31\n\x07uploads\x18\x02 \x03(\x0b\x32 .visionmesh.gateway.v1.UploadUrl\x12\x12\n\nexpires_in\x18\x03 \x01(\x03\"c\n\x1e\x43reateBatchInferenceJobRequest\x12\x41\n\x04spec\x18\x01 \x01(\x0b\x32+.visionmesh.inference.v1.BatchInferenceSpecB\x06\xbaH\x03\xc8\x01\x01\"I\n\x1f\x43reateBatchInferenceJobResponse\x12&\n\x03job\x18\x01 \x01(\x0b\x32\x19.visionmesh.common.v1.Job\"j\n ListBatchInferenceResultsRequest\x12\x13\n\x02id\x18\x01 \x01(\tB\x07\xbaH\x04r\x02\x10\x01\x12\x1d\n\tpage_size\x18\x02 \x01(\x05\x42\n\xbaH\x07\x1a\x05\x18\xe8\x07(\x00\x12\x12\n\npage_token\x18\x03 \x01(\t\"\x82\x01\n!ListBatchInferenceResultsResponse\x12\x35\n\x07results\x18\x01 \x03(\x0b\x32$.visionmesh.inference.v1.ImageResult\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\r\n\x05total\x18\x03 \x01(\x03\"\\\n\x19\x43reateEmbeddingJobRequest\x12?\n\x04spec\x18\x01 \x01(\x0b\x32).visionmesh.embedding.v1.EmbeddingJobSpecB\x06\xbaH\x03\xc8\x01\x01\"D\n\x1a\x43reateEmbeddingJobResponse\x12&\n\x03job\x18\x01 \x01(\x0b\x32\x19.visionmesh.common.v1.Job\"$\n\rGetJobRequest\x12\x13\n\x02id\x18\x01 \x01(\tB\x07\xbaH\x04r\x02\x10\x01\"8\n\x0eGetJobResponse\x12&\n\x03job\x18\x01 \x01(\x0b\x32\x19.visionmesh.common.v1.Job\"\xb4\x01\n\x0fListJobsRequest\x12\x1d\n\tpage_size\x18\x01 \x01(\x05\x42\n\xbaH\x07\x1a\x05\x18\xe8\x07(\x00\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x35\n\x04kind\x18\x03 \x01(\x0e\x32\x1d.visionmesh.common.v1.JobKindB\x08\xbaH\x05\x82\x01\x02\x10\x01\x12\x37\n\x05state\x18\x04 \x01(\x0e\x32\x1e.visionmesh.common.v1.JobStateB\x08\xbaH\x05\x82\x01\x02\x10\x01\"T\n\x10ListJobsResponse\x12\'\n\x04jobs\x18\x01 \x03(\x0b\x32\x19.visionmesh.common.v1.Job\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\'\n\x10\x43\x61ncelJobRequest\x12\x13\n\x02id\x18\x01 \x01(\tB\x07\xbaH\x04r\x02\x10\x01\";\n\x11\x43\x61ncelJobResponse\x12&\n\x03job\x18\x01 \x01(\x0b\x32\x19.visionmesh.common.v1.Job\"G\n\x0fWatchJobRequest\x12\x13\n\x02id\x18\x01 \x01(\tB\x07\xbaH\x04r\x02\x10\x01\x12\x1f\n\x0e\x61\x66ter_sequence\x18\x02 \x01(\x03\x42\x07\xbaH\x04\"\x02(\x00\"n\n\x0eJobStateChange\x12-\n\x05state\x18\x01 \x01(\x0e\x32\x1e.visionmesh.common.v1.JobState\x12-\n\x05\x65rror\x18\x02 \x01(\x0b\x32\x1e.visionmesh.common.v1.JobError\"@\n\x0bMetricBatch\x12\x31\n\x06points\x18\x01 \x03(\x0b\x32!.visionmesh.common.v1.MetricPoint\"\x94\x03\n\x10WatchJobResponse\x12\x10\n\x08sequence\x18\x01 \x01(\x03\x12(\n\x04time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12&\n\x03job\x18\x03 \x01(\x0b\x32\x19.visionmesh.common.v1.Job\x12=\n\x0cstate_change\x18\n \x01(\x0b\x32%.visionmesh.gateway.v1.JobStateChangeH\x00\x12\x35\n\x08progress\x18\x0b \x01(\x0b\x32!.visionmesh.common.v1.JobProgressH\x00\x12\x35\n\x07metrics\x18\x0c \x01(\x0b\x32\".visionmesh.gateway.v1.MetricBatchH\x00\x12\x35\n\x08\x61rtifact\x18\r \x01(\x0b\x32!.visionmesh.common.v1.ArtifactRefH\x00\x12\x1a\n\x10model_version_id\x18\x0e \x01(\tH\x00\x12\x13\n\texport_id\x18\x0f \x01(\tH\x00\x42\x07\n\x05\x65vent\":\n\x15ListJobMetricsRequest\x12\x13\n\x02id\x18\x01 \x01(\tB\x07\xbaH\x04r\x02\x10\x01\x12\x0c\n\x04name\x18\x02 \x01(\t\"K\n\x16ListJobMetricsResponse\x12\x31\n\x06points\x18\x01 \x03(\x0b\x32!.visionmesh.common.v1.MetricPoint\".\n\x17ListJobArtifactsRequest\x12\x13\n\x02id\x18\x01 \x01(\tB\x07\xbaH\x04r\x02\x10\x01\"P\n\x18ListJobArtifactsResponse\x12\x34\n\tartifacts\x18\x01 \x03(\x0b\x32!.visionmesh.common.v1.ArtifactRef\"4\n\x1dGetArtifactDownloadUrlRequest\x12\x13\n\x02id\x18\x01 \x01(\tB\x07\xbaH\x04r\x02\x10\x01\"v\n\x1eGetArtifactDownloadUrlResponse\x12\x0b\n\x03url\x18\x01 \x01(\t\x12\x12\n\nexpires_in\x18\x02 \x01(\x03\x12\x33\n\x08\x61rtifact\x18\x03 \x01(\x0b\x32!.visionmesh.common.v1.ArtifactRef2\x9b\x0f\n\nJobService\x12\x94\x01\n\x11\x43reateTrainingJob\x12/.visionmesh.gateway.v1.CreateTrainingJobRequest\x1a\x30.visionmesh.gateway.v1.CreateTrainingJobResponse\"\x1c\x82\xd3\xe4\x93\x02\x16\"\x11/v1/training/jobs:\x01*\x12\x8c\x01\n\x0f\x43reateExportJob\x12-.visionmesh.gateway.v1.CreateExportJobRequest\x1a..visionmesh.gateway.v1.CreateExportJobResponse\"\x1a\x82\xd3\xe4\x93\x02\x14\"\x0f/v1/export/jobs:\x01*\x12\xad\x01\n\x16\x43reateBatchInputUpload\x12\x34.visionmesh.gateway.v1.CreateBatchInputUploadRequest\x1a\x35.visionmesh.gateway.v1.CreateBatchInputUploadResponse\"&\x82\xd3\xe4\x93\x02 \"\x1b/v1/batch-inference/uploads:\x01*\x12\xad\x01\n\x17\x43reateBatchInferenceJob\x12\x35.visionmesh.gateway.v1.CreateBatchInferenceJobRequest\x1a\x36.visionmesh.gateway.v1.CreateBatchInferenceJobResponse\"#\x82\xd3\xe4\x93\x02\x1d\"\x18/v1/batch-inference/jobs:\x01*\x12\xbd\x01\n\x19ListBatchInferenceResults\x12\x37.visionmesh.gateway.v1.ListBatchInferenceResultsRequest\x1a\x38.visionmesh.gateway.v1.ListBatchInferenceResultsResponse\"-\x82\xd3\xe4\x93\x02\'\x12%/v1/batch-inference/jobs/{id}/results\x12\x98\x01\n\x12\x43reateEmbeddingJob\x12\x30.visionmesh.gateway.v1.CreateEmbeddingJobRequest\x1a\x31.visionmesh.gateway.v1.CreateEmbeddingJobResponse\"\x1d\x82\xd3\xe4\x93\x02\x17\"\x12/v1/embedding/jobs:\x01*\x12l\n\x06GetJob\x12$.visionmesh.gateway.v1.GetJobRequest\x1a%.visionmesh.gateway.v1.GetJobResponse\"\x15\x82\xd3\xe4\x93\x02\x0f\x12\r/v1/jobs/{id}\x12m\n\x08ListJobs\x12&.visionmesh.gateway.v1.ListJobsRequest\x1a\'.visionmesh.gateway.v1.ListJobsResponse\"\x10\x82\xd3\xe4\x93\x02\n\x12\x08/v1/jobs\x12\x7f\n\tCancelJob\x12\'.visionmesh.gateway.v1.CancelJobRequest\x1a(.visionmesh.gateway.v1.CancelJobResponse\"\x1f\x82\xd3\xe4\x93\x02\x19\"\x14/v1/jobs/{id}:cancel:\x01*\x12{\n\x08WatchJob\x12&.visionmesh.gateway.v1.WatchJobRequest\x1a\'.visionmesh.gateway.v1.WatchJobResponse\"\x1c\x82\xd3\xe4\x93\x02\x16\x12\x14/v1/jobs/{id}/events0\x01\x12\x8c\x01\n\x0eListJobMetrics\x12,.visionmesh.gateway.v1.ListJobMetricsRequest\x1a-.visionmesh.gateway.v1.ListJobMetricsResponse\"\x1d\x82\xd3\xe4\x93\x02\x17\x12\x15/v1/jobs/{id}/metrics\x12\x94\x01\n\x10ListJobArtifacts\x12..visionmesh.gateway.v1.ListJobArtifactsRequest\x1a/.visionmesh.gateway.v1.ListJobArtifactsResponse\"\x1f\x82\xd3\xe4\x93\x02\x19\x12\x17/v1/jobs/{id}/artifacts\x12\xaa\x01\n\x16GetArtifactDownloadUrl\x12\x34.visionmesh.gateway.v1.GetArtifactDownloadUrlRequest\x1a\x35.visionmesh.gateway.v1.GetArtifactDownloadUrlResponse\"#\x82\xd3\xe4\x93\x02\x1d\x12\x1b/v1/artifacts/{id}:downloadb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -54,6 +55,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LISTBATCHINFERENCERESULTSREQUEST'].fields_by_name['id']._serialized_options = b'\272H\004r\002\020\001'
   _globals['_LISTBATCHINFERENCERESULTSREQUEST'].fields_by_name['page_size']._loaded_options = None
   _globals['_LISTBATCHINFERENCERESULTSREQUEST'].fields_by_name['page_size']._serialized_options = b'\272H\007\032\005\030\350\007(\000'
+  _globals['_CREATEEMBEDDINGJOBREQUEST'].fields_by_name['spec']._loaded_options = None
+  _globals['_CREATEEMBEDDINGJOBREQUEST'].fields_by_name['spec']._serialized_options = b'\272H\003\310\001\001'
   _globals['_GETJOBREQUEST'].fields_by_name['id']._loaded_options = None
   _globals['_GETJOBREQUEST'].fields_by_name['id']._serialized_options = b'\272H\004r\002\020\001'
   _globals['_LISTJOBSREQUEST'].fields_by_name['page_size']._loaded_options = None
@@ -84,6 +87,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_JOBSERVICE'].methods_by_name['CreateBatchInferenceJob']._serialized_options = b'\202\323\344\223\002\035\"\030/v1/batch-inference/jobs:\001*'
   _globals['_JOBSERVICE'].methods_by_name['ListBatchInferenceResults']._loaded_options = None
   _globals['_JOBSERVICE'].methods_by_name['ListBatchInferenceResults']._serialized_options = b'\202\323\344\223\002\'\022%/v1/batch-inference/jobs/{id}/results'
+  _globals['_JOBSERVICE'].methods_by_name['CreateEmbeddingJob']._loaded_options = None
+  _globals['_JOBSERVICE'].methods_by_name['CreateEmbeddingJob']._serialized_options = b'\202\323\344\223\002\027\"\022/v1/embedding/jobs:\001*'
   _globals['_JOBSERVICE'].methods_by_name['GetJob']._loaded_options = None
   _globals['_JOBSERVICE'].methods_by_name['GetJob']._serialized_options = b'\202\323\344\223\002\017\022\r/v1/jobs/{id}'
   _globals['_JOBSERVICE'].methods_by_name['ListJobs']._loaded_options = None
@@ -98,60 +103,64 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_JOBSERVICE'].methods_by_name['ListJobArtifacts']._serialized_options = b'\202\323\344\223\002\031\022\027/v1/jobs/{id}/artifacts'
   _globals['_JOBSERVICE'].methods_by_name['GetArtifactDownloadUrl']._loaded_options = None
   _globals['_JOBSERVICE'].methods_by_name['GetArtifactDownloadUrl']._serialized_options = b'\202\323\344\223\002\035\022\033/v1/artifacts/{id}:download'
-  _globals['_CREATETRAININGJOBREQUEST']._serialized_start=371
-  _globals['_CREATETRAININGJOBREQUEST']._serialized_end=528
-  _globals['_CREATETRAININGJOBRESPONSE']._serialized_start=530
-  _globals['_CREATETRAININGJOBRESPONSE']._serialized_end=597
-  _globals['_CREATEEXPORTJOBREQUEST']._serialized_start=599
-  _globals['_CREATEEXPORTJOBREQUEST']._serialized_end=707
-  _globals['_CREATEEXPORTJOBRESPONSE']._serialized_start=709
-  _globals['_CREATEEXPORTJOBRESPONSE']._serialized_end=774
-  _globals['_CREATEBATCHINPUTUPLOADREQUEST']._serialized_start=776
-  _globals['_CREATEBATCHINPUTUPLOADREQUEST']._serialized_end=873
-  _globals['_UPLOADURL']._serialized_start=875
-  _globals['_UPLOADURL']._serialized_end=931
-  _globals['_CREATEBATCHINPUTUPLOADRESPONSE']._serialized_start=933
-  _globals['_CREATEBATCHINPUTUPLOADRESPONSE']._serialized_end=1058
-  _globals['_CREATEBATCHINFERENCEJOBREQUEST']._serialized_start=1060
-  _globals['_CREATEBATCHINFERENCEJOBREQUEST']._serialized_end=1159
-  _globals['_CREATEBATCHINFERENCEJOBRESPONSE']._serialized_start=1161
-  _globals['_CREATEBATCHINFERENCEJOBRESPONSE']._serialized_end=1234
-  _globals['_LISTBATCHINFERENCERESULTSREQUEST']._serialized_start=1236
-  _globals['_LISTBATCHINFERENCERESULTSREQUEST']._serialized_end=1342
-  _globals['_LISTBATCHINFERENCERESULTSRESPONSE']._serialized_start=1345
-  _globals['_LISTBATCHINFERENCERESULTSRESPONSE']._serialized_end=1475
-  _globals['_GETJOBREQUEST']._serialized_start=1477
-  _globals['_GETJOBREQUEST']._serialized_end=1513
-  _globals['_GETJOBRESPONSE']._serialized_start=1515
-  _globals['_GETJOBRESPONSE']._serialized_end=1571
-  _globals['_LISTJOBSREQUEST']._serialized_start=1574
-  _globals['_LISTJOBSREQUEST']._serialized_end=1754
-  _globals['_LISTJOBSRESPONSE']._serialized_start=1756
-  _globals['_LISTJOBSRESPONSE']._serialized_end=1840
-  _globals['_CANCELJOBREQUEST']._serialized_start=1842
-  _globals['_CANCELJOBREQUEST']._serialized_end=1881
-  _globals['_CANCELJOBRESPONSE']._serialized_start=1883
-  _globals['_CANCELJOBRESPONSE']._serialized_end=1942
-  _globals['_WATCHJOBREQUEST']._serialized_start=1944
-  _globals['_WATCHJOBREQUEST']._serialized_end=2015
-  _globals['_JOBSTATECHANGE']._serialized_start=2017
-  _globals['_JOBSTATECHANGE']._serialized_end=2127
-  _globals['_METRICBATCH']._serialized_start=2129
-  _globals['_METRICBATCH']._serialized_end=2193
-  _globals['_WATCHJOBRESPONSE']._serialized_start=2196
-  _globals['_WATCHJOBRESPONSE']._serialized_end=2600
-  _globals['_LISTJOBMETRICSREQUEST']._serialized_start=2602
-  _globals['_LISTJOBMETRICSREQUEST']._serialized_end=2660
-  _globals['_LISTJOBMETRICSRESPONSE']._serialized_start=2662
-  _globals['_LISTJOBMETRICSRESPONSE']._serialized_end=2737
-  _globals['_LISTJOBARTIFACTSREQUEST']._serialized_start=2739
-  _globals['_LISTJOBARTIFACTSREQUEST']._serialized_end=2785
-  _globals['_LISTJOBARTIFACTSRESPONSE']._serialized_start=2787
-  _globals['_LISTJOBARTIFACTSRESPONSE']._serialized_end=2867
-  _globals['_GETARTIFACTDOWNLOADURLREQUEST']._serialized_start=2869
-  _globals['_GETARTIFACTDOWNLOADURLREQUEST']._serialized_end=2921
-  _globals['_GETARTIFACTDOWNLOADURLRESPONSE']._serialized_start=2923
-  _globals['_GETARTIFACTDOWNLOADURLRESPONSE']._serialized_end=3041
-  _globals['_JOBSERVICE']._serialized_start=3044
-  _globals['_JOBSERVICE']._serialized_end=4836
+  _globals['_CREATETRAININGJOBREQUEST']._serialized_start=412
+  _globals['_CREATETRAININGJOBREQUEST']._serialized_end=569
+  _globals['_CREATETRAININGJOBRESPONSE']._serialized_start=571
+  _globals['_CREATETRAININGJOBRESPONSE']._serialized_end=638
+  _globals['_CREATEEXPORTJOBREQUEST']._serialized_start=640
+  _globals['_CREATEEXPORTJOBREQUEST']._serialized_end=748
+  _globals['_CREATEEXPORTJOBRESPONSE']._serialized_start=750
+  _globals['_CREATEEXPORTJOBRESPONSE']._serialized_end=815
+  _globals['_CREATEBATCHINPUTUPLOADREQUEST']._serialized_start=817
+  _globals['_CREATEBATCHINPUTUPLOADREQUEST']._serialized_end=914
+  _globals['_UPLOADURL']._serialized_start=916
+  _globals['_UPLOADURL']._serialized_end=972
+  _globals['_CREATEBATCHINPUTUPLOADRESPONSE']._serialized_start=974
+  _globals['_CREATEBATCHINPUTUPLOADRESPONSE']._serialized_end=1099
+  _globals['_CREATEBATCHINFERENCEJOBREQUEST']._serialized_start=1101
+  _globals['_CREATEBATCHINFERENCEJOBREQUEST']._serialized_end=1200
+  _globals['_CREATEBATCHINFERENCEJOBRESPONSE']._serialized_start=1202
+  _globals['_CREATEBATCHINFERENCEJOBRESPONSE']._serialized_end=1275
+  _globals['_LISTBATCHINFERENCERESULTSREQUEST']._serialized_start=1277
+  _globals['_LISTBATCHINFERENCERESULTSREQUEST']._serialized_end=1383
+  _globals['_LISTBATCHINFERENCERESULTSRESPONSE']._serialized_start=1386
+  _globals['_LISTBATCHINFERENCERESULTSRESPONSE']._serialized_end=1516
+  _globals['_CREATEEMBEDDINGJOBREQUEST']._serialized_start=1518
+  _globals['_CREATEEMBEDDINGJOBREQUEST']._serialized_end=1610
+  _globals['_CREATEEMBEDDINGJOBRESPONSE']._serialized_start=1612
+  _globals['_CREATEEMBEDDINGJOBRESPONSE']._serialized_end=1680
+  _globals['_GETJOBREQUEST']._serialized_start=1682
+  _globals['_GETJOBREQUEST']._serialized_end=1718
+  _globals['_GETJOBRESPONSE']._serialized_start=1720
+  _globals['_GETJOBRESPONSE']._serialized_end=1776
+  _globals['_LISTJOBSREQUEST']._serialized_start=1779
+  _globals['_LISTJOBSREQUEST']._serialized_end=1959
+  _globals['_LISTJOBSRESPONSE']._serialized_start=1961
+  _globals['_LISTJOBSRESPONSE']._serialized_end=2045
+  _globals['_CANCELJOBREQUEST']._serialized_start=2047
+  _globals['_CANCELJOBREQUEST']._serialized_end=2086
+  _globals['_CANCELJOBRESPONSE']._serialized_start=2088
+  _globals['_CANCELJOBRESPONSE']._serialized_end=2147
+  _globals['_WATCHJOBREQUEST']._serialized_start=2149
+  _globals['_WATCHJOBREQUEST']._serialized_end=2220
+  _globals['_JOBSTATECHANGE']._serialized_start=2222
+  _globals['_JOBSTATECHANGE']._serialized_end=2332
+  _globals['_METRICBATCH']._serialized_start=2334
+  _globals['_METRICBATCH']._serialized_end=2398
+  _globals['_WATCHJOBRESPONSE']._serialized_start=2401
+  _globals['_WATCHJOBRESPONSE']._serialized_end=2805
+  _globals['_LISTJOBMETRICSREQUEST']._serialized_start=2807
+  _globals['_LISTJOBMETRICSREQUEST']._serialized_end=2865
+  _globals['_LISTJOBMETRICSRESPONSE']._serialized_start=2867
+  _globals['_LISTJOBMETRICSRESPONSE']._serialized_end=2942
+  _globals['_LISTJOBARTIFACTSREQUEST']._serialized_start=2944
+  _globals['_LISTJOBARTIFACTSREQUEST']._serialized_end=2990
+  _globals['_LISTJOBARTIFACTSRESPONSE']._serialized_start=2992
+  _globals['_LISTJOBARTIFACTSRESPONSE']._serialized_end=3072
+  _globals['_GETARTIFACTDOWNLOADURLREQUEST']._serialized_start=3074
+  _globals['_GETARTIFACTDOWNLOADURLREQUEST']._serialized_end=3126
+  _globals['_GETARTIFACTDOWNLOADURLRESPONSE']._serialized_start=3128
+  _globals['_GETARTIFACTDOWNLOADURLRESPONSE']._serialized_end=3246
+  _globals['_JOBSERVICE']._serialized_start=3249
+  _globals['_JOBSERVICE']._serialized_end=5196
 # @@protoc_insertion_point(module_scope)

@@ -6,6 +6,7 @@ from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from visionmesh.api.common.v1 import artifact_pb2 as _artifact_pb2
 from visionmesh.api.common.v1 import job_pb2 as _job_pb2
 from visionmesh.api.common.v1 import metric_pb2 as _metric_pb2
+from visionmesh.api.embedding.v1 import embedding_pb2 as _embedding_pb2
 from visionmesh.api.export.v1 import export_pb2 as _export_pb2
 from visionmesh.api.inference.v1 import inference_pb2 as _inference_pb2
 from visionmesh.api.training.v1 import training_pb2 as _training_pb2
@@ -108,6 +109,18 @@ class ListBatchInferenceResultsResponse(_message.Message):
     next_page_token: str
     total: int
     def __init__(self, results: _Optional[_Iterable[_Union[_inference_pb2.ImageResult, _Mapping]]] = ..., next_page_token: _Optional[str] = ..., total: _Optional[int] = ...) -> None: ...
+
+class CreateEmbeddingJobRequest(_message.Message):
+    __slots__ = ("spec",)
+    SPEC_FIELD_NUMBER: _ClassVar[int]
+    spec: _embedding_pb2.EmbeddingJobSpec
+    def __init__(self, spec: _Optional[_Union[_embedding_pb2.EmbeddingJobSpec, _Mapping]] = ...) -> None: ...
+
+class CreateEmbeddingJobResponse(_message.Message):
+    __slots__ = ("job",)
+    JOB_FIELD_NUMBER: _ClassVar[int]
+    job: _job_pb2.Job
+    def __init__(self, job: _Optional[_Union[_job_pb2.Job, _Mapping]] = ...) -> None: ...
 
 class GetJobRequest(_message.Message):
     __slots__ = ("id",)

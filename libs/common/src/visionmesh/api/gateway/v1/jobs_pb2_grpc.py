@@ -62,6 +62,11 @@ class JobServiceStub:
                 request_serializer=visionmesh_dot_gateway_dot_v1_dot_jobs__pb2.ListBatchInferenceResultsRequest.SerializeToString,
                 response_deserializer=visionmesh_dot_gateway_dot_v1_dot_jobs__pb2.ListBatchInferenceResultsResponse.FromString,
                 _registered_method=True)
+        self.CreateEmbeddingJob = channel.unary_unary(
+                '/visionmesh.gateway.v1.JobService/CreateEmbeddingJob',
+                request_serializer=visionmesh_dot_gateway_dot_v1_dot_jobs__pb2.CreateEmbeddingJobRequest.SerializeToString,
+                response_deserializer=visionmesh_dot_gateway_dot_v1_dot_jobs__pb2.CreateEmbeddingJobResponse.FromString,
+                _registered_method=True)
         self.GetJob = channel.unary_unary(
                 '/visionmesh.gateway.v1.JobService/GetJob',
                 request_serializer=visionmesh_dot_gateway_dot_v1_dot_jobs__pb2.GetJobRequest.SerializeToString,
@@ -161,6 +166,19 @@ class JobServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateEmbeddingJob(self, request, context):
+        """Validates the spec (with the embedding service), pins a snapshot when the source is a
+        dataset or catalogue, and queues an embedding job: the source's images embedded and
+        upserted into collections. The job's result (Job.result) is an
+        EmbeddingJobResult. Errors: INVALID_ARGUMENT (spec.* fields), NOT_FOUND (dataset,
+        snapshot, spec.routing.default_collection, model version), FAILED_PRECONDITION (a
+        products or metadata_filter source on a dataset that is not a catalogue),
+        UNAVAILABLE (embedding service unreachable for validation).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetJob(self, request, context):
         """Returns one job. Errors: NOT_FOUND (also for another tenant's job).
         """
@@ -242,6 +260,11 @@ def add_JobServiceServicer_to_server(servicer, server):
                     servicer.ListBatchInferenceResults,
                     request_deserializer=visionmesh_dot_gateway_dot_v1_dot_jobs__pb2.ListBatchInferenceResultsRequest.FromString,
                     response_serializer=visionmesh_dot_gateway_dot_v1_dot_jobs__pb2.ListBatchInferenceResultsResponse.SerializeToString,
+            ),
+            'CreateEmbeddingJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateEmbeddingJob,
+                    request_deserializer=visionmesh_dot_gateway_dot_v1_dot_jobs__pb2.CreateEmbeddingJobRequest.FromString,
+                    response_serializer=visionmesh_dot_gateway_dot_v1_dot_jobs__pb2.CreateEmbeddingJobResponse.SerializeToString,
             ),
             'GetJob': grpc.unary_unary_rpc_method_handler(
                     servicer.GetJob,
@@ -417,6 +440,33 @@ class JobService:
             '/visionmesh.gateway.v1.JobService/ListBatchInferenceResults',
             visionmesh_dot_gateway_dot_v1_dot_jobs__pb2.ListBatchInferenceResultsRequest.SerializeToString,
             visionmesh_dot_gateway_dot_v1_dot_jobs__pb2.ListBatchInferenceResultsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateEmbeddingJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/visionmesh.gateway.v1.JobService/CreateEmbeddingJob',
+            visionmesh_dot_gateway_dot_v1_dot_jobs__pb2.CreateEmbeddingJobRequest.SerializeToString,
+            visionmesh_dot_gateway_dot_v1_dot_jobs__pb2.CreateEmbeddingJobResponse.FromString,
             options,
             channel_credentials,
             insecure,
