@@ -1,0 +1,1 @@
+"""The embedding service's transports: thin adapters over EmbeddingCore."""
