@@ -229,7 +229,8 @@ class Env:
     def handler(self, embedder: Gate | Dinov2Embedder | None = None, **kwargs: Any) -> Recording:
         chosen = embedder or self.embedder
 
-        async def open_embedder(model: str, device: str) -> Gate | Dinov2Embedder:
+        async def open_embedder(tenant_id: str, model: str, device: str) -> Gate | Dinov2Embedder:
+            assert tenant_id == TENANT
             if model != MODEL:
                 raise NotFound(f"embedding model {model!r} not found")
             assert device == "cpu"

@@ -56,8 +56,10 @@ MAX_SKIPPED_LISTED = 1000
 DEFAULT_BATCH_SIZE = 32
 _FETCH_CONCURRENCY = 8
 
-OpenEmbedder = Callable[[str, str], Awaitable[Embedder]]
-"""(model name, device) -> the embedder; NotFound when this deployment has no such model."""
+OpenEmbedder = Callable[[str, str, str], Awaitable[Embedder]]
+"""(tenant id, model name, device) -> the embedder; NotFound (or InvalidArgument naming
+spec.model) when the tenant cannot use such a model here. The tenant matters: a backbone
+belongs to the tenant that registered its model version."""
 
 Image = npt.NDArray[np.uint8]
 
@@ -170,17 +172,15 @@ class EmbeddingHandler:
         tenant_id = job.request.tenant_id
         await job.reporter.progress(job_pb2.JobProgress(phase="select", fraction=0.0))
         items, dataset_root = await self._select(tenant_id, work)
-        routed = [
-            _Work(item, r.collection)
-            for item, r in zip(items, self._routes(spec, items), strict=True)
-        ]
+        routes = self._routes(spec, items)
+        routed = [_Work(item, r.collection) for item, r in zip(items, routes, strict=True)]
         _check_unique(routed)
         model = spec.model or await self._default_model(tenant_id, spec.routing)
-        embedder = await self._embedder(model, spec.device or "auto")
+        embedder = await self._embedder(tenant_id, model, spec.device or "auto")
         targets = await resolve_targets(
             self._collections,
             tenant_id,
-            self._routes(spec, items),
+            routes,
             model=model,
             dim=embedder.dim,
             routing=spec.routing,
@@ -313,9 +313,9 @@ class EmbeddingHandler:
             )
         return model
 
-    async def _embedder(self, model: str, device: str) -> Embedder:
+    async def _embedder(self, tenant_id: str, model: str, device: str) -> Embedder:
         try:
-            return await self._open_embedder(model, device)
+            return await self._open_embedder(tenant_id, model, device)
         except NotFound as exc:
             raise InvalidArgument.for_field("spec.model", exc.message) from exc
 
