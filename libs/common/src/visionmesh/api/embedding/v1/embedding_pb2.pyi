@@ -4,6 +4,7 @@ from buf.validate import validate_pb2 as _validate_pb2
 from google.api import annotations_pb2 as _annotations_pb2
 from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from visionmesh.api.common.v1 import artifact_pb2 as _artifact_pb2
 from visionmesh.api.common.v1 import image_pb2 as _image_pb2
 from visionmesh.api.inference.v1 import inference_pb2 as _inference_pb2
 from google.protobuf.internal import containers as _containers
@@ -105,14 +106,28 @@ class GetCapabilitiesResponse(_message.Message):
     def __init__(self, models: _Optional[_Iterable[_Union[EmbeddingModel, _Mapping]]] = ..., default_model: _Optional[str] = ...) -> None: ...
 
 class EmbedRequest(_message.Message):
-    __slots__ = ("model", "images", "normalize")
+    __slots__ = ("model", "images", "normalize", "backbone")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     IMAGES_FIELD_NUMBER: _ClassVar[int]
     NORMALIZE_FIELD_NUMBER: _ClassVar[int]
+    BACKBONE_FIELD_NUMBER: _ClassVar[int]
     model: str
     images: _containers.RepeatedCompositeFieldContainer[_image_pb2.Image]
     normalize: bool
-    def __init__(self, model: _Optional[str] = ..., images: _Optional[_Iterable[_Union[_image_pb2.Image, _Mapping]]] = ..., normalize: _Optional[bool] = ...) -> None: ...
+    backbone: ResolvedBackbone
+    def __init__(self, model: _Optional[str] = ..., images: _Optional[_Iterable[_Union[_image_pb2.Image, _Mapping]]] = ..., normalize: _Optional[bool] = ..., backbone: _Optional[_Union[ResolvedBackbone, _Mapping]] = ...) -> None: ...
+
+class ResolvedBackbone(_message.Message):
+    __slots__ = ("model_version_id", "checkpoint", "framework", "imgsz")
+    MODEL_VERSION_ID_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINT_FIELD_NUMBER: _ClassVar[int]
+    FRAMEWORK_FIELD_NUMBER: _ClassVar[int]
+    IMGSZ_FIELD_NUMBER: _ClassVar[int]
+    model_version_id: str
+    checkpoint: _artifact_pb2.ArtifactRef
+    framework: str
+    imgsz: int
+    def __init__(self, model_version_id: _Optional[str] = ..., checkpoint: _Optional[_Union[_artifact_pb2.ArtifactRef, _Mapping]] = ..., framework: _Optional[str] = ..., imgsz: _Optional[int] = ...) -> None: ...
 
 class Embedding(_message.Message):
     __slots__ = ("vector",)
@@ -149,16 +164,18 @@ class Collection(_message.Message):
     def __init__(self, name: _Optional[str] = ..., tenant_id: _Optional[str] = ..., dim: _Optional[int] = ..., distance: _Optional[str] = ..., model: _Optional[str] = ..., points_count: _Optional[int] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class CreateCollectionRequest(_message.Message):
-    __slots__ = ("name", "model", "dim", "distance")
+    __slots__ = ("name", "model", "backbone", "dim", "distance")
     NAME_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
+    BACKBONE_FIELD_NUMBER: _ClassVar[int]
     DIM_FIELD_NUMBER: _ClassVar[int]
     DISTANCE_FIELD_NUMBER: _ClassVar[int]
     name: str
     model: str
+    backbone: ResolvedBackbone
     dim: int
     distance: str
-    def __init__(self, name: _Optional[str] = ..., model: _Optional[str] = ..., dim: _Optional[int] = ..., distance: _Optional[str] = ...) -> None: ...
+    def __init__(self, name: _Optional[str] = ..., model: _Optional[str] = ..., backbone: _Optional[_Union[ResolvedBackbone, _Mapping]] = ..., dim: _Optional[int] = ..., distance: _Optional[str] = ...) -> None: ...
 
 class CreateCollectionResponse(_message.Message):
     __slots__ = ("collection",)
@@ -418,7 +435,7 @@ class CollectionRouting(_message.Message):
     def __init__(self, default_collection: _Optional[str] = ..., field: _Optional[str] = ..., create_missing: _Optional[bool] = ..., routes: _Optional[_Mapping[str, str]] = ..., distance: _Optional[str] = ...) -> None: ...
 
 class EmbeddingJobSpec(_message.Message):
-    __slots__ = ("products", "dataset", "metadata_filter", "images", "model", "batch_size", "normalize", "routing", "device")
+    __slots__ = ("products", "dataset", "metadata_filter", "images", "model", "batch_size", "normalize", "routing", "device", "backbone")
     PRODUCTS_FIELD_NUMBER: _ClassVar[int]
     DATASET_FIELD_NUMBER: _ClassVar[int]
     METADATA_FILTER_FIELD_NUMBER: _ClassVar[int]
@@ -428,6 +445,7 @@ class EmbeddingJobSpec(_message.Message):
     NORMALIZE_FIELD_NUMBER: _ClassVar[int]
     ROUTING_FIELD_NUMBER: _ClassVar[int]
     DEVICE_FIELD_NUMBER: _ClassVar[int]
+    BACKBONE_FIELD_NUMBER: _ClassVar[int]
     products: ProductSource
     dataset: DatasetSource
     metadata_filter: CatalogFilterSource
@@ -437,7 +455,8 @@ class EmbeddingJobSpec(_message.Message):
     normalize: bool
     routing: CollectionRouting
     device: str
-    def __init__(self, products: _Optional[_Union[ProductSource, _Mapping]] = ..., dataset: _Optional[_Union[DatasetSource, _Mapping]] = ..., metadata_filter: _Optional[_Union[CatalogFilterSource, _Mapping]] = ..., images: _Optional[_Union[ImageListSource, _Mapping]] = ..., model: _Optional[str] = ..., batch_size: _Optional[int] = ..., normalize: _Optional[bool] = ..., routing: _Optional[_Union[CollectionRouting, _Mapping]] = ..., device: _Optional[str] = ...) -> None: ...
+    backbone: ResolvedBackbone
+    def __init__(self, products: _Optional[_Union[ProductSource, _Mapping]] = ..., dataset: _Optional[_Union[DatasetSource, _Mapping]] = ..., metadata_filter: _Optional[_Union[CatalogFilterSource, _Mapping]] = ..., images: _Optional[_Union[ImageListSource, _Mapping]] = ..., model: _Optional[str] = ..., batch_size: _Optional[int] = ..., normalize: _Optional[bool] = ..., routing: _Optional[_Union[CollectionRouting, _Mapping]] = ..., device: _Optional[str] = ..., backbone: _Optional[_Union[ResolvedBackbone, _Mapping]] = ...) -> None: ...
 
 class CollectionPoints(_message.Message):
     __slots__ = ("collection", "points")
