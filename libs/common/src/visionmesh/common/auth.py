@@ -6,7 +6,7 @@ import base64
 import hashlib
 import time
 import uuid
-from collections.abc import Collection, Iterable, Iterator, Mapping
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -202,17 +202,21 @@ class ServiceTokenSigner:
     def sign(
         self,
         *,
-        audience: str,
+        audience: str | Sequence[str],
         principal: Principal,
         ttl_seconds: float | None = None,
         now: float | None = None,
     ) -> str:
-        """A token for calling the service named `audience` on behalf of `principal`."""
+        """A token for calling the service named `audience` on behalf of `principal`.
+
+        Several audiences make one token valid for each of those services: a call that
+        goes on to a second service with the caller's token (embedding -> inference).
+        """
         issued_at = int(now if now is not None else time.time())
         ttl = self.default_ttl_seconds if ttl_seconds is None else ttl_seconds
         claims: dict[str, Any] = {
             "iss": self.issuer,
-            "aud": audience,
+            "aud": audience if isinstance(audience, str) else list(audience),
             "sub": principal.subject,
             "iat": issued_at,
             "nbf": issued_at,

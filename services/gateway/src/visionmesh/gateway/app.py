@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from datetime import timedelta
 from typing import Self
 
+from visionmesh.api.embedding.v1 import embedding_pb2, embedding_pb2_grpc
 from visionmesh.api.export.v1 import export_pb2, export_pb2_grpc
 from visionmesh.api.gateway.v1 import (
     auth_pb2,
@@ -34,7 +35,12 @@ from visionmesh.common.storage import ObjectStore, ObjectStoreConfig
 from visionmesh.common.subjects import ensure_job_streams
 from visionmesh.common.supervision import mark_not_serving, until_signal_or_loop_exit
 from visionmesh.gateway.api.auth_servicer import AuthServicer
-from visionmesh.gateway.api.proxies import ExportProxy, InferenceProxy, TrainingProxy
+from visionmesh.gateway.api.proxies import (
+    EmbeddingProxy,
+    ExportProxy,
+    InferenceProxy,
+    TrainingProxy,
+)
 from visionmesh.gateway.api.rest import (
     PREDICT_UPLOAD,
     RestConfig,
@@ -143,6 +149,22 @@ class Gateway:
             tokens=self.inference_tokens,
             resolve_export=self.registry.resolve_export,
         )
+        # Valid at the inference service too: scene matching (Match with a
+        # detector_deployment) goes on there with the token the embedding service got.
+        self.embedding_tokens = DelegatedTokens(
+            ServiceTokenSigner(private_key=signing_key), audience=("embedding", "inference")
+        )
+        self.embedding: GrpcClient = connect(
+            settings.embedding_addr,
+            token_provider=self.embedding_tokens,
+            max_message_bytes=settings.grpc_max_message_bytes,
+            retry=RetryPolicy(max_attempts=3),
+        )
+        self.embedding_proxy = EmbeddingProxy(
+            embedding_pb2_grpc.EmbeddingServiceStub(self.embedding.channel),
+            tokens=self.embedding_tokens,
+            resolve_backbone=self.registry.resolve_backbone,
+        )
         self.datasets = DatasetsCore(
             db=self.db,
             store=self.store,
@@ -157,6 +179,7 @@ class Gateway:
             watchers=self.watchers,
             validate_export_spec=self.export_proxy.validate,
             validate_batch_spec=self.inference_proxy.validate_batch_spec,
+            validate_embedding_spec=self.embedding_proxy.validate_embedding_spec,
             outbox_wakeup=self.relay.wakeup,
             presign_ttl=presign_ttl,
         )
@@ -188,6 +211,11 @@ class Gateway:
                 inference_pb2,
                 inference_pb2_grpc.add_InferenceServiceServicer_to_server,
                 self.inference_proxy,
+            ),
+            (
+                embedding_pb2,
+                embedding_pb2_grpc.add_EmbeddingServiceServicer_to_server,
+                self.embedding_proxy,
             ),
         ]
         self.grpc = GrpcServer(settings=settings, authenticator=authenticator)
@@ -264,6 +292,7 @@ class Gateway:
         await self.training.close()
         await self.export.close()
         await self.inference.close()
+        await self.embedding.close()
         await self.bus.close()
         self.store.close()
         self.auth.close()

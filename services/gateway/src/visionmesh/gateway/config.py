@@ -38,6 +38,12 @@ class GatewaySettings(NatsSettings, ObjectStoreSettings, ServiceSettings):
         description="the inference service's gRPC address (host:port); deployments, Predict "
         "and batch inference intake go there (UNAVAILABLE while it does not answer)",
     )
+    embedding_addr: str = Field(
+        default="127.0.0.1:50091",
+        description="the embedding service's gRPC address (host:port); collections, Embed, "
+        "Search, Match and embedding job intake go there (UNAVAILABLE while it does not "
+        "answer)",
+    )
     grpc_max_message_bytes: int = Field(
         # Predict carries up to 64 images of up to 20 MiB each (inference.proto), through
         # this server and on to the inference service.

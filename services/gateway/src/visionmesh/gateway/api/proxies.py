@@ -5,12 +5,14 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from visionmesh.api.embedding.v1 import embedding_pb2, embedding_pb2_grpc
 from visionmesh.api.export.v1 import export_pb2, export_pb2_grpc
 from visionmesh.api.inference.v1 import inference_pb2, inference_pb2_grpc
 from visionmesh.api.training.v1 import training_pb2, training_pb2_grpc
 from visionmesh.common.auth import require_principal
 from visionmesh.common.errors import DeadlineExceeded, InvalidArgument, Unavailable
 from visionmesh.common.specs.batch_inference import RESOLVED_EXPORT_SCOPE, check_batch_spec
+from visionmesh.common.specs.embedding import RESOLVED_BACKBONE_SCOPE
 from visionmesh.common.specs.export import UNCONFIRMED_CAPABILITIES
 from visionmesh.common.specs.training import check_spec
 from visionmesh.gateway.core.delegation import DelegatedTokens
@@ -210,4 +212,155 @@ class InferenceProxy(inference_pb2_grpc.InferenceServiceServicer):
         if checked.HasField("export"):
             # What the gateway resolved is what runs, whatever the service echoes.
             validated.export.CopyFrom(checked.export)
+        return validated
+
+
+BackboneResolver = Callable[..., Awaitable[embedding_pb2.ResolvedBackbone | None]]
+"""`RegistryCore.resolve_backbone`: (model, field=) in the caller's tenant; None when the
+model names no model version."""
+
+_Metadata = tuple[tuple[str, str], ...]
+
+
+class EmbeddingProxy(embedding_pb2_grpc.EmbeddingServiceServicer):
+    """EmbeddingService through the gateway, and the embedding spec check of job intake.
+
+    Calls go on with a token delegated from the caller, valid for the embedding service
+    and for the inference service it calls with that token (Match with a
+    detector_deployment). A model "mv-<model_version_id>" (CreateCollectionRequest.model,
+    EmbedRequest.model, EmbeddingJobSpec.model) is resolved here within the caller's tenant
+    and forwarded as a ResolvedBackbone under a token with `RESOLVED_BACKBONE_SCOPE`; a
+    client giving `backbone` itself is refused. No local fallback: when the embedding
+    service is down, calls fail UNAVAILABLE.
+    """
+
+    def __init__(
+        self,
+        stub: embedding_pb2_grpc.EmbeddingServiceStub,
+        *,
+        tokens: DelegatedTokens,
+        resolve_backbone: BackboneResolver,
+    ) -> None:
+        self._stub = stub
+        self._tokens = tokens
+        self._resolve_backbone = resolve_backbone
+
+    async def _backbone(
+        self, model: str, backbone: embedding_pb2.ResolvedBackbone, *, field_prefix: str = ""
+    ) -> tuple[embedding_pb2.ResolvedBackbone | None, _Metadata | None]:
+        """The backbone `model` names (None for DINOv2 and the like) and the call metadata
+        vouching for it; a backbone set by the client is refused."""
+        if backbone.ByteSize():
+            raise InvalidArgument.for_field(
+                f"{field_prefix}backbone",
+                f"set by the gateway only, from {field_prefix}model (mv-<model_version_id>)",
+            )
+        resolved = await self._resolve_backbone(model, field=f"{field_prefix}model")
+        if resolved is None:
+            return None, None
+        return resolved, self._tokens.metadata(extra_scopes=(RESOLVED_BACKBONE_SCOPE,))
+
+    async def GetCapabilities(
+        self, request: embedding_pb2.GetCapabilitiesRequest, context: Any
+    ) -> embedding_pb2.GetCapabilitiesResponse:
+        response: embedding_pb2.GetCapabilitiesResponse = await self._stub.GetCapabilities(request)
+        return response
+
+    async def Embed(
+        self, request: embedding_pb2.EmbedRequest, context: Any
+    ) -> embedding_pb2.EmbedResponse:
+        backbone, metadata = await self._backbone(request.model, request.backbone)
+        if backbone is not None:
+            forwarded = embedding_pb2.EmbedRequest()
+            forwarded.CopyFrom(request)
+            forwarded.backbone.CopyFrom(backbone)
+            request = forwarded
+        response: embedding_pb2.EmbedResponse = await self._stub.Embed(request, metadata=metadata)
+        return response
+
+    async def CreateCollection(
+        self, request: embedding_pb2.CreateCollectionRequest, context: Any
+    ) -> embedding_pb2.CreateCollectionResponse:
+        backbone, metadata = await self._backbone(request.model, request.backbone)
+        if backbone is not None:
+            forwarded = embedding_pb2.CreateCollectionRequest()
+            forwarded.CopyFrom(request)
+            forwarded.backbone.CopyFrom(backbone)
+            request = forwarded
+        response: embedding_pb2.CreateCollectionResponse = await self._stub.CreateCollection(
+            request, metadata=metadata
+        )
+        return response
+
+    async def GetCollection(
+        self, request: embedding_pb2.GetCollectionRequest, context: Any
+    ) -> embedding_pb2.GetCollectionResponse:
+        response: embedding_pb2.GetCollectionResponse = await self._stub.GetCollection(request)
+        return response
+
+    async def ListCollections(
+        self, request: embedding_pb2.ListCollectionsRequest, context: Any
+    ) -> embedding_pb2.ListCollectionsResponse:
+        response: embedding_pb2.ListCollectionsResponse = await self._stub.ListCollections(request)
+        return response
+
+    async def DeleteCollection(
+        self, request: embedding_pb2.DeleteCollectionRequest, context: Any
+    ) -> embedding_pb2.DeleteCollectionResponse:
+        response: embedding_pb2.DeleteCollectionResponse = await self._stub.DeleteCollection(
+            request
+        )
+        return response
+
+    async def UpsertImages(
+        self, request: embedding_pb2.UpsertImagesRequest, context: Any
+    ) -> embedding_pb2.UpsertImagesResponse:
+        response: embedding_pb2.UpsertImagesResponse = await self._stub.UpsertImages(request)
+        return response
+
+    async def DeletePoints(
+        self, request: embedding_pb2.DeletePointsRequest, context: Any
+    ) -> embedding_pb2.DeletePointsResponse:
+        response: embedding_pb2.DeletePointsResponse = await self._stub.DeletePoints(request)
+        return response
+
+    async def Search(
+        self, request: embedding_pb2.SearchRequest, context: Any
+    ) -> embedding_pb2.SearchResponse:
+        response: embedding_pb2.SearchResponse = await self._stub.Search(request)
+        return response
+
+    async def Match(
+        self, request: embedding_pb2.MatchRequest, context: Any
+    ) -> embedding_pb2.MatchResponse:
+        response: embedding_pb2.MatchResponse = await self._stub.Match(request)
+        return response
+
+    async def ValidateEmbeddingSpec(
+        self, request: embedding_pb2.ValidateEmbeddingSpecRequest, context: Any
+    ) -> embedding_pb2.ValidateEmbeddingSpecResponse:
+        return embedding_pb2.ValidateEmbeddingSpecResponse(
+            spec=await self.validate_embedding_spec(request.spec)
+        )
+
+    async def validate_embedding_spec(
+        self, spec: embedding_pb2.EmbeddingJobSpec
+    ) -> embedding_pb2.EmbeddingJobSpec:
+        """The spec as a worker will run it: spec.model's backbone resolved here, then the
+        embedding service's checks and defaults. JobsCore's embedding spec validator."""
+        backbone, metadata = await self._backbone(spec.model, spec.backbone, field_prefix="spec.")
+        if backbone is not None:
+            checked = embedding_pb2.EmbeddingJobSpec()
+            checked.CopyFrom(spec)
+            checked.backbone.CopyFrom(backbone)
+            spec = checked
+        response: embedding_pb2.ValidateEmbeddingSpecResponse = (
+            await self._stub.ValidateEmbeddingSpec(
+                embedding_pb2.ValidateEmbeddingSpecRequest(spec=spec), metadata=metadata
+            )
+        )
+        validated = response.spec
+        if backbone is not None:
+            # What the gateway resolved is what runs, whatever the service echoes.
+            validated.backbone.CopyFrom(backbone)
         return validated

@@ -47,6 +47,13 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
             job=await self._core.create_batch_inference_job(request)
         )
 
+    async def CreateEmbeddingJob(
+        self, request: jobs_pb2.CreateEmbeddingJobRequest, context: Any
+    ) -> jobs_pb2.CreateEmbeddingJobResponse:
+        return jobs_pb2.CreateEmbeddingJobResponse(
+            job=await self._core.create_embedding_job(request)
+        )
+
     async def ListBatchInferenceResults(
         self, request: jobs_pb2.ListBatchInferenceResultsRequest, context: Any
     ) -> jobs_pb2.ListBatchInferenceResultsResponse:

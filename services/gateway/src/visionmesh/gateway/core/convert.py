@@ -58,6 +58,8 @@ def job(row: db.Job) -> job_pb2.Job:
         start_time=timestamp(row.started_at),
         end_time=timestamp(row.ended_at),
     )
+    if row.result:
+        message.result.ParseFromString(row.result)
     if row.error_reason or row.error_message:
         message.error.reason = row.error_reason
         message.error.message = row.error_message

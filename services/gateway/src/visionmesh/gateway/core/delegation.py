@@ -21,6 +21,10 @@ _CacheKey = tuple[str, str, str, str, tuple[str, ...]]
 class DelegatedTokens:
     """Short-lived tokens for `audience` speaking for the current caller.
 
+    `audience` may name several services: the token is then valid at each of them, for a
+    peer that calls another on the caller's behalf (the embedding service's scene matching
+    calls the inference service with the token it was given).
+
     A token carries the caller's subject, tenant, role, kind and scopes (less any
     "gateway:" scope), plus `extra_scopes` the gateway adds for one call. Tokens are cached
     per principal and renewed once less than `renew_before_seconds` of their life is left,
@@ -35,7 +39,7 @@ class DelegatedTokens:
         self,
         signer: ServiceTokenSigner,
         *,
-        audience: str,
+        audience: str | tuple[str, ...],
         ttl_seconds: float = 300.0,
         renew_before_seconds: float = 60.0,
         max_cached: int = 4096,

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 from datetime import datetime
 
-from google.protobuf import json_format
+from google.protobuf import any_pb2, json_format
+from google.protobuf.message import DecodeError, Message
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from visionmesh.api.common.v1 import artifact_pb2, job_pb2
+from visionmesh.api.embedding.v1 import embedding_pb2
 from visionmesh.api.events.v1 import events_pb2
 from visionmesh.api.export.v1 import export_pb2
 from visionmesh.api.gateway.v1 import jobs_pb2
@@ -102,6 +105,12 @@ def _owned_export(job: db.Job, result: export_pb2.ExportResult) -> bool:
         keys.append(result.triton_repository_prefix.rstrip("/"))
     # Checks every key, so each refused one is logged.
     return all([_owned_key(job, key) for key in keys])
+
+
+RESULT_TYPES: Mapping[int, type[Message]] = {
+    job_pb2.JOB_KIND_EMBEDDING: embedding_pb2.EmbeddingJobResult,
+}
+"""The typed result (Job.result) each job kind may report; kinds not listed have none."""
 
 
 class JobEventApplier:
@@ -206,8 +215,29 @@ class JobEventApplier:
                 return None
             export = await self._record_export(session, job, result, at)
             return jobs_pb2.WatchJobResponse(export_id=export.id)
+        if kind == "result":
+            return self._record_result(job, event.result.result)
         _log.warning("event without payload dropped", job_id=job.id)
         return None
+
+    @staticmethod
+    def _record_result(job: db.Job, result: any_pb2.Any) -> jobs_pb2.WatchJobResponse | None:
+        """Keeps a typed result as Job.result when it is the result type of the job's kind
+        (and parses as one); anything else is dropped. The event carries no field of its
+        own: watchers see the result on the job snapshot every event has."""
+        expected = RESULT_TYPES.get(job.kind)
+        if expected is None or result.TypeName() != expected.DESCRIPTOR.full_name:
+            _log.warning(
+                "job result of another type dropped", job_id=job.id, type_url=result.type_url
+            )
+            return None
+        try:
+            expected.FromString(result.value)
+        except DecodeError:
+            _log.warning("undecodable job result dropped", job_id=job.id)
+            return None
+        job.result = result.SerializeToString()
+        return jobs_pb2.WatchJobResponse()
 
     def _change_state(
         self, job: db.Job, event: events_pb2.JobEvent, at: datetime

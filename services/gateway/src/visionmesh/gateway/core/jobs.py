@@ -18,6 +18,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from sqlalchemy import insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from visionmesh.api.common.v1 import artifact_pb2, job_pb2, metric_pb2
+from visionmesh.api.embedding.v1 import embedding_pb2
 from visionmesh.api.events.v1 import events_pb2
 from visionmesh.api.export.v1 import export_pb2
 from visionmesh.api.gateway.v1 import datasets_pb2, jobs_pb2
@@ -70,6 +71,24 @@ async def no_inference_service(
     raise Unavailable("no inference service is configured to check batch inference specs")
 
 
+EmbeddingSpecValidator = Callable[
+    [embedding_pb2.EmbeddingJobSpec], Awaitable[embedding_pb2.EmbeddingJobSpec]
+]
+"""Checks an embedding job spec (the embedding service's ValidateEmbeddingSpec, its backbone
+resolved) and returns it with defaults filled in."""
+
+
+async def no_embedding_service(
+    spec: embedding_pb2.EmbeddingJobSpec,
+) -> embedding_pb2.EmbeddingJobSpec:
+    """Only the embedding service knows its models and collections."""
+    raise Unavailable("no embedding service is configured to check embedding job specs")
+
+
+_CATALOG_SOURCES = ("products", "metadata_filter")
+"""Embedding job sources that select products, so need a catalog dataset."""
+
+
 BATCH_INPUTS_PREFIX = "batch-inputs/"
 """Where CreateBatchInputUpload puts a fresh input area, in the caller's tenant."""
 BATCH_INPUT_ZIP = "inputs.zip"
@@ -114,6 +133,22 @@ def snapshot_ref(snapshot: PinnedSnapshot) -> events_pb2.SnapshotRef:
         manifest_sha256=snapshot.manifest_sha256,
         archive_key=snapshot.archive_key,
         task=_snapshot_task(snapshot),
+        class_names=snapshot.class_names,
+    )
+
+
+def embedding_snapshot_ref(snapshot: PinnedSnapshot) -> events_pb2.SnapshotRef:
+    """`snapshot_ref` for an embedding worker, which reads catalogues too."""
+    tasks: dict[int, str] = {
+        datasets_pb2.DATASET_FORMAT_CATALOG: "catalog",
+        datasets_pb2.DATASET_FORMAT_CLASSIFY_FOLDERS: "classify",
+    }
+    return events_pb2.SnapshotRef(
+        snapshot_id=snapshot.id,
+        manifest_key=snapshot.manifest_key,
+        manifest_sha256=snapshot.manifest_sha256,
+        archive_key=snapshot.archive_key,
+        task=tasks.get(snapshot.format, "detect"),
         class_names=snapshot.class_names,
     )
 
@@ -563,6 +598,7 @@ class JobsCore:
         validate_training_spec: SpecValidator | None = None,
         validate_export_spec: ExportSpecValidator | None = None,
         validate_batch_spec: BatchSpecValidator = no_inference_service,
+        validate_embedding_spec: EmbeddingSpecValidator = no_embedding_service,
         outbox_wakeup: Callable[[], None] = lambda: None,
         presign_ttl: timedelta = timedelta(hours=1),
     ) -> None:
@@ -572,6 +608,7 @@ class JobsCore:
         self._validate_training_spec = validate_training_spec or validate_training_spec_locally
         self._validate_export_spec = validate_export_spec or validate_export_spec_locally
         self._validate_batch_spec = validate_batch_spec
+        self._validate_embedding_spec = validate_embedding_spec
         self._batch_results = BatchResultsReader(store)
         self._watchers = watchers
         if watchers.db is None:
@@ -699,6 +736,65 @@ class JobsCore:
         )
         work = events_pb2.BatchInferenceJobRequest(spec=spec, artifact_prefix=_artifact_prefix(job))
         return await self._queue(job, events_pb2.JobRequest(batch_inference=work))
+
+    async def create_embedding_job(
+        self, request: jobs_pb2.CreateEmbeddingJobRequest
+    ) -> job_pb2.Job:
+        """Queues an embedding job once its data is pinned and the embedding service
+        accepts its spec (UNAVAILABLE while that service is down: nothing else knows its
+        models and collections)."""
+        principal = require_principal()
+        snapshot = await self._embedding_snapshot(request.spec)
+        spec = await self._validate_embedding_spec(request.spec)
+        job = _new_job(
+            principal,
+            kind=job_pb2.JOB_KIND_EMBEDDING,
+            spec=spec,
+            dataset_id=snapshot.dataset_id if snapshot is not None else "",
+            snapshot_id=snapshot.id if snapshot is not None else "",
+            model_version_id=spec.backbone.model_version_id,
+        )
+        work = events_pb2.EmbeddingJobRequest(
+            spec=spec,
+            snapshot=embedding_snapshot_ref(snapshot) if snapshot is not None else None,
+            artifact_prefix=_artifact_prefix(job),
+        )
+        return await self._queue(job, events_pb2.JobRequest(embedding=work))
+
+    async def _embedding_snapshot(
+        self, spec: embedding_pb2.EmbeddingJobSpec
+    ) -> PinnedSnapshot | None:
+        """The snapshot an embedding job's source names, pinned in the caller's tenant
+        (as for training: a dataset's current manifest); None for listed images.
+        NOT_FOUND and FAILED_PRECONDITION name the field."""
+        source = spec.WhichOneof("source")
+        if source is None or source == "images":
+            return None
+        part = getattr(spec, source)
+        ref = part.WhichOneof("catalog" if source in _CATALOG_SOURCES else "ref")
+        if ref is None:
+            return None  # the embedding service names the missing oneof
+        field = f"spec.{source}.{ref}"
+        given = getattr(part, ref)
+        try:
+            snapshot = await self._datasets.snapshot_for_job(
+                dataset_id=given if ref == "dataset_id" else "",
+                snapshot_id=given if ref == "snapshot_id" else "",
+            )
+        except NotFound as exc:
+            raise NotFound(
+                f"{field}: {exc.message}",
+                resource_type="Snapshot" if ref == "snapshot_id" else "Dataset",
+                resource_id=given,
+                metadata={"field": field},
+            ) from None
+        if source in _CATALOG_SOURCES and snapshot.format != datasets_pb2.DATASET_FORMAT_CATALOG:
+            raise FailedPrecondition.for_field(
+                field,
+                f"dataset {snapshot.dataset_id} is not a product catalog (format catalog: "
+                "products.jsonl and images/<product_id>/); a dataset source embeds it whole",
+            )
+        return snapshot
 
     async def list_batch_inference_results(
         self, request: jobs_pb2.ListBatchInferenceResultsRequest

@@ -10,11 +10,13 @@ from datetime import timedelta
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 from visionmesh.api.common.v1 import artifact_pb2
+from visionmesh.api.embedding.v1 import embedding_pb2
 from visionmesh.api.export.v1 import export_pb2
 from visionmesh.api.gateway.v1 import models_pb2
 from visionmesh.common.auth import require_principal
 from visionmesh.common.db import Database
-from visionmesh.common.errors import InvalidArgument, NotFound
+from visionmesh.common.errors import FailedPrecondition, InvalidArgument, NotFound
+from visionmesh.common.specs.embedding import BACKBONE_MODEL_PREFIX, backbone_model_version_id
 from visionmesh.common.storage import ObjectStore
 from visionmesh.gateway.core import convert
 from visionmesh.gateway.core.paging import newest_first, page_size, split_page
@@ -110,6 +112,43 @@ async def resolve_export(
         )
 
 
+async def resolve_backbone(
+    database: Database, tenant_id: str, model: str, *, field: str
+) -> embedding_pb2.ResolvedBackbone | None:
+    """The classification model version an `mv-<id>` embedding model names, within
+    `tenant_id`: its checkpoint, framework and imgsz. None for any other model (DINOv2...,
+    which the embedding service knows itself). NOT_FOUND names `field`, also for another
+    tenant's version; a version that is not a classifier is FAILED_PRECONDITION."""
+    version_id = backbone_model_version_id(model)
+    if not version_id:
+        if model.startswith(BACKBONE_MODEL_PREFIX):
+            raise InvalidArgument.for_field(field, f"{model!r} names no model version")
+        return None
+    async with database.session() as session:
+        version = await session.get(db.ModelVersion, version_id)
+        if version is None or version.tenant_id != tenant_id:
+            raise _not_found(
+                field, "ModelVersion", version_id, f"model version {version_id!r} not found"
+            )
+        if version.task != "classify":
+            raise FailedPrecondition.for_field(
+                field,
+                f"model version {version_id!r} is a {version.task} model; only "
+                "classification models are embedding backbones",
+            )
+        checkpoint = await session.get(db.Artifact, version.checkpoint_artifact_id)
+        if checkpoint is None:
+            raise FailedPrecondition.for_field(
+                field, f"model version {version_id!r} has no checkpoint"
+            )
+        return embedding_pb2.ResolvedBackbone(
+            model_version_id=version.id,
+            checkpoint=convert.artifact(checkpoint),
+            framework=version.framework,
+            imgsz=version.imgsz,
+        )
+
+
 class RegistryCore:
     """Read side of the registry for the caller's tenant."""
 
@@ -173,6 +212,12 @@ class RegistryCore:
             export_job_id=export_job_id,
             field_prefix=field_prefix,
         )
+
+    async def resolve_backbone(
+        self, model: str, *, field: str
+    ) -> embedding_pb2.ResolvedBackbone | None:
+        """`resolve_backbone` in the caller's tenant."""
+        return await resolve_backbone(self._db, require_principal().tenant_id, model, field=field)
 
     async def _export_row(self, session: AsyncSession, export_id: str) -> db.Export:
         principal = require_principal()

@@ -140,6 +140,8 @@ class Job(Base):
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(default=None)
     ended_at: Mapped[datetime | None] = mapped_column(default=None)
+    # Serialized google.protobuf.Any: the typed result of the job's kind (Job.result).
+    result: Mapped[bytes | None] = mapped_column(LargeBinary, default=None)
 
 
 class JobEvent(Base):
