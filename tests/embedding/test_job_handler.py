@@ -139,16 +139,16 @@ class Registry:
 
     def __init__(self, vectors: VectorStore) -> None:
         self._vectors = vectors
-        self.rows: dict[tuple[str, str], tuple[str, str, int]] = {}
+        self.rows: dict[tuple[str, str], tuple[str, str, int, str]] = {}
 
     async def add(self, name: str, model: str, dim: int, tenant: str = TENANT) -> None:
         space = space_name(model, dim)
         await self._vectors.ensure_space(space, dim=dim)
-        self.rows[(tenant, name)] = (space, model, dim)
+        self.rows[(tenant, name)] = (space, model, dim, name)
 
     async def resolve(
         self, tenant_id: str, name: str, *, create_with: NewCollection | None
-    ) -> tuple[str, str, int]:
+    ) -> tuple[str, str, int, str]:
         row = self.rows.get((tenant_id, name))
         if row is None:
             if create_with is None:
@@ -157,7 +157,7 @@ class Registry:
             await self._vectors.ensure_space(
                 space, dim=create_with.dim, distance=create_with.distance
             )
-            row = self.rows[(tenant_id, name)] = (space, create_with.model, create_with.dim)
+            row = self.rows[(tenant_id, name)] = (space, create_with.model, create_with.dim, name)
         return row
 
     async def count(self, name: str) -> int:

@@ -42,6 +42,6 @@ async def test_migrations_match_the_models_with_their_own_version_table(tmp_path
             version = await connection.scalar(
                 text("SELECT version_num FROM embedding_alembic_version")
             )
-            assert version == "0001"
+            assert version == "0002"
     finally:
         await database.dispose()

@@ -316,7 +316,7 @@ class Registry:
 
     async def resolve(
         self, tenant_id: str, name: str, *, create_with: NewCollection | None
-    ) -> tuple[str, str, int]:
+    ) -> tuple[str, str, int, str]:
         row = self.rows.get((tenant_id, name))
         if row is None:
             if create_with is None:
@@ -324,7 +324,7 @@ class Registry:
             row = (f"space-{create_with.model}", create_with.model, create_with.dim)
             self.rows[(tenant_id, name)] = row
             self.created.append((name, create_with))
-        return row
+        return (*row, f"key-{name}")
 
 
 async def test_every_target_is_checked_and_a_mismatch_names_the_field_that_chose_it() -> None:

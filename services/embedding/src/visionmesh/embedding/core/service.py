@@ -19,7 +19,7 @@ import math
 import re
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -28,7 +28,8 @@ from visionmesh.api.common.v1 import image_pb2
 from visionmesh.api.embedding.v1 import embedding_pb2
 from visionmesh.api.inference.v1 import inference_pb2
 from visionmesh.common.auth import Principal, require_principal
-from visionmesh.common.errors import FailedPrecondition, InvalidArgument, NotFound
+from visionmesh.common.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
+from visionmesh.common.specs.embedding import RESOLVED_BACKBONE_SCOPE
 from visionmesh.common.storage import ObjectStore
 from visionmesh.common.tenancy import tenant_key
 from visionmesh.common.vision.processing import decode_image
@@ -66,6 +67,13 @@ _DISTANCES: tuple[Distance, ...] = ("cosine", "dot", "euclid")
 
 Image = npt.NDArray[np.uint8]
 
+
+class RememberBackbone(Protocol):
+    """Keeps a gateway-resolved backbone checkpoint for a tenant (core.backbone_files)."""
+
+    async def remember(self, tenant_id: str, backbone: embedding_pb2.ResolvedBackbone) -> None: ...
+
+
 Detect = Callable[
     [Principal, str, Sequence[bytes], inference_pb2.PredictOptions],
     Awaitable[list[list[inference_pb2.Detection]]],
@@ -102,6 +110,7 @@ class EmbeddingCore:
         detect: Detect | None = None,
         default_model: str = "",
         limits: ImageLimits | None = None,
+        backbones: RememberBackbone | None = None,
     ) -> None:
         self._collections = collections
         self._vectors = vectors
@@ -110,6 +119,7 @@ class EmbeddingCore:
         self._detect = detect
         self._default_model = default_model
         self._limits = limits or ImageLimits()
+        self._backbones = backbones
 
     # --- capabilities and Embed ---------------------------------------------------------
 
@@ -129,6 +139,7 @@ class EmbeddingCore:
 
     async def embed(self, request: embedding_pb2.EmbedRequest) -> embedding_pb2.EmbedResponse:
         caller = require_principal()
+        await self._remember_backbone(caller, request, "backbone")
         name = request.model or self.default_model
         if not name:
             raise InvalidArgument.for_field("model", "required: this deployment has no default")
@@ -148,6 +159,7 @@ class EmbeddingCore:
         self, request: embedding_pb2.CreateCollectionRequest
     ) -> embedding_pb2.Collection:
         caller = require_principal()
+        await self._remember_backbone(caller, request, "backbone")
         _check_name(request.name, "name")
         distance = request.distance or "cosine"
         if distance not in _DISTANCES:
@@ -467,6 +479,7 @@ class EmbeddingCore:
     ) -> embedding_pb2.EmbeddingJobSpec:
         """The spec with defaults filled in, once every collection it can write to is checked."""
         caller = require_principal()
+        await self._remember_backbone(caller, spec, "spec.backbone")
         checked = embedding_pb2.EmbeddingJobSpec()
         checked.CopyFrom(spec)
         routing = checked.routing
@@ -532,6 +545,19 @@ class EmbeddingCore:
         return checked
 
     # --- helpers ---------------------------------------------------------------------------
+
+    async def _remember_backbone(self, caller: Principal, message: Any, field: str) -> None:
+        """Keeps the checkpoint the gateway resolved for an `mv-<id>` model (it alone may)."""
+        if not message.HasField("backbone"):
+            return
+        if not caller.has_scope(RESOLVED_BACKBONE_SCOPE):
+            raise PermissionDenied(
+                f"{field} is set by the gateway only; name the model as mv-<model_version_id>",
+                reason="BACKBONE_NOT_RESOLVED",
+            )
+        if self._backbones is None:
+            raise FailedPrecondition.for_field(field, "this deployment serves no backbones")
+        await self._backbones.remember(caller.tenant_id, message.backbone)
 
     async def _row(self, caller: Principal, name: str) -> CollectionRow:
         row = await self._collections.get(caller.tenant_id, name)

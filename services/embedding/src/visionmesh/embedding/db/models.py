@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from sqlalchemy import Integer, String, UniqueConstraint
+from sqlalchemy import Integer, LargeBinary, String, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from visionmesh.common.db import UtcDateTime
 
@@ -39,3 +39,18 @@ class CollectionRow(Base):
     space: Mapped[str] = mapped_column(String(160))
     """The vector store's physical collection holding its points."""
     create_time: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class BackboneRow(Base):
+    """A registered model version's checkpoint as the gateway resolved it for a tenant
+    (`mv-<id>` embedders): kept so a replica, a restart or a job can load it again."""
+
+    __tablename__ = "backbones"
+    __table_args__ = (UniqueConstraint("tenant_id", "model_version_id"),)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(String(36), index=True)
+    model_version_id: Mapped[str] = mapped_column(String(128))
+    resolved: Mapped[bytes] = mapped_column(LargeBinary)
+    """The serialized visionmesh.embedding.v1.ResolvedBackbone."""
+    update_time: Mapped[datetime] = mapped_column(default=utcnow)

@@ -296,7 +296,7 @@ class EmbeddingHandler:
     async def _default_model(self, tenant_id: str, routing: embedding_pb2.CollectionRouting) -> str:
         # ValidateEmbeddingSpec fills spec.model in; an older spec takes the default's model.
         try:
-            _, model, _ = await self._collections.resolve(
+            _, model, _, _ = await self._collections.resolve(
                 tenant_id, routing.default_collection, create_with=None
             )
         except NotFound as exc:
@@ -476,7 +476,9 @@ class _Run:
             )
         for name, points in by_collection.items():
             target = self._targets[name]
-            written = await self._handler._vectors.upsert(target.space, self._tenant, name, points)
+            written = await self._handler._vectors.upsert(
+                target.space, self._tenant, target.key, points
+            )
             totals.points[name] = totals.points.get(name, 0) + written
         totals.embedded += len(good)
 

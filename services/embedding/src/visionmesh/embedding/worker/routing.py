@@ -47,8 +47,10 @@ class Collections(Protocol):
 
     async def resolve(
         self, tenant_id: str, name: str, *, create_with: NewCollection | None
-    ) -> tuple[str, str, int]:
-        """(vector space, model, dim) of the tenant's collection `name`.
+    ) -> tuple[str, str, int, str]:
+        """(vector space, model, dim, store key) of the tenant's collection `name`: the
+        store key is what the vector store files its points under (the row's id, so a
+        recreated collection of the same name never sees old points).
 
         With `create_with`, a missing collection is created with that model, dimension and
         distance (its space ensured in the vector store); without it, NotFound. The space of
@@ -73,6 +75,8 @@ class Target:
     space: str
     model: str
     dim: int
+    key: str
+    """The vector store's key of the collection (Collections.resolve)."""
 
 
 def route(
@@ -138,7 +142,7 @@ async def resolve_targets(
     for name in sorted(first):
         chosen = first[name]
         try:
-            space, found_model, found_dim = await collections.resolve(
+            space, found_model, found_dim, key = await collections.resolve(
                 tenant_id, name, create_with=create_with
             )
         except NotFound as exc:
@@ -155,7 +159,7 @@ async def resolve_targets(
                 f"{dim}-d vectors with {model!r}",
                 reason="COLLECTION_MODEL_MISMATCH",
             )
-        targets[name] = Target(name=name, space=space, model=found_model, dim=found_dim)
+        targets[name] = Target(name=name, space=space, model=found_model, dim=found_dim, key=key)
     return targets
 
 
