@@ -2,7 +2,7 @@
 
 The root command and its options live here; each command group is a module of
 `visionmesh.cli.commands` (auth, datasets, train, jobs, artifacts, models, exports,
-inference).
+inference, embedding).
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from visionmesh.cli.commands import (
     artifacts,
     auth,
     datasets,
+    embedding,
     exports,
     inference,
     jobs,
@@ -32,7 +33,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
 )
-for _group in (auth, datasets, train, jobs, artifacts, models, exports, inference):
+for _group in (auth, datasets, train, jobs, artifacts, models, exports, inference, embedding):
     _group.register(app)
 
 

@@ -600,6 +600,46 @@ class GatewayClient:
             if not token or not results:
                 return
 
+    # --- embedding ---------------------------------------------------------------------------
+
+    def list_collections(self, *, limit: int | None = None) -> Iterator[JsonObject]:
+        return self.paginate("/v1/collections", "collections", limit=limit)
+
+    def get_collection(self, name: str) -> JsonObject:
+        return self._request("GET", f"/v1/collections/{_seg(name)}")
+
+    def create_collection(self, body: Mapping[str, Any]) -> JsonObject:
+        return self._request("POST", "/v1/collections", json_body=dict(body))
+
+    def delete_collection(self, name: str) -> JsonObject:
+        return self._request("DELETE", f"/v1/collections/{_seg(name)}")
+
+    def embed(self, body: Mapping[str, Any], *, timeout: float = 120.0) -> JsonObject:
+        return self._request("POST", "/v1/embedding:embed", json_body=dict(body), timeout=timeout)
+
+    def search(
+        self, collection: str, body: Mapping[str, Any], *, timeout: float = 120.0
+    ) -> JsonObject:
+        return self._request(
+            "POST",
+            f"/v1/collections/{_seg(collection)}:search",
+            json_body=dict(body),
+            timeout=timeout,
+        )
+
+    def match(
+        self, collection: str, body: Mapping[str, Any], *, timeout: float = 120.0
+    ) -> JsonObject:
+        return self._request(
+            "POST",
+            f"/v1/collections/{_seg(collection)}:match",
+            json_body=dict(body),
+            timeout=timeout,
+        )
+
+    def create_embedding_job(self, spec: Mapping[str, Any]) -> JsonObject:
+        return self._request("POST", "/v1/embedding/jobs", json_body={"spec": dict(spec)})
+
 
 def _seg(value: str) -> str:
     """A path segment: ids never contain "/" or ":", but a typo must not change the route."""
