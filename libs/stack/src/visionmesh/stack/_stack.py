@@ -41,6 +41,7 @@ class Ports:
     inference_grpc: int = 50081
     kserve_grpc: int = 50082
     kserve_http: int = 50083
+    embedding_grpc: int = 50091
     nats: int = 14222
     s3: int = 18333
     s3_internal_base: int = 18340
@@ -48,7 +49,9 @@ class Ports:
     @classmethod
     def free(cls) -> Ports:
         """All-ephemeral ports, for tests running a stack next to another."""
-        rest, grpc_port, training, export, inference, kserve, kserve_http, nats, s3 = free_ports(9)
+        (rest, grpc_port, training, export, inference, kserve, kserve_http, embedding, nats, s3) = (
+            free_ports(10)
+        )
         return cls(
             gateway_rest=rest,
             gateway_grpc=grpc_port,
@@ -57,6 +60,7 @@ class Ports:
             inference_grpc=inference,
             kserve_grpc=kserve,
             kserve_http=kserve_http,
+            embedding_grpc=embedding,
             nats=nats,
             s3=s3,
             s3_internal_base=0,
@@ -69,7 +73,7 @@ class Ports:
 
 
 DEFAULT_PORTS = Ports()
-WORKER_SERVICES = ("training", "export", "inference")
+WORKER_SERVICES = ("training", "export", "inference", "embedding")
 """The worker services `make up` runs next to the gateway, in start order."""
 
 
@@ -194,6 +198,19 @@ class Stack:
                     },
                 )
             )
+        if "embedding" in self.workers:
+            planned.append(
+                self._service(
+                    "embedding",
+                    "visionmesh.embedding",
+                    p.embedding_grpc,
+                    {
+                        "VISIONMESH_GRPC_PORT": str(p.embedding_grpc),
+                        # Scene matching asks the inference service for detections.
+                        "VISIONMESH_INFERENCE_ADDR": f"127.0.0.1:{p.inference_grpc}",
+                    },
+                )
+            )
         gateway = self._service(
             "gateway",
             "visionmesh.gateway",
@@ -204,6 +221,7 @@ class Stack:
                 "VISIONMESH_TRAINING_ADDR": f"127.0.0.1:{p.training_grpc}",
                 "VISIONMESH_EXPORT_ADDR": f"127.0.0.1:{p.export_grpc}",
                 "VISIONMESH_INFERENCE_ADDR": f"127.0.0.1:{p.inference_grpc}",
+                "VISIONMESH_EMBEDDING_ADDR": f"127.0.0.1:{p.embedding_grpc}",
             },
         )
         return [*planned, gateway]
@@ -294,6 +312,7 @@ class Stack:
             "training gRPC": f"127.0.0.1:{p.training_grpc}",
             "export gRPC": f"127.0.0.1:{p.export_grpc}",
             "inference gRPC": f"127.0.0.1:{p.inference_grpc}",
+            "embedding gRPC": f"127.0.0.1:{p.embedding_grpc}",
             "KServe v2 (Triton clients)": (
                 f"grpc 127.0.0.1:{p.kserve_grpc}, http://127.0.0.1:{p.kserve_http}/v2"
             ),

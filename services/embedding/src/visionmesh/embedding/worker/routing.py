@@ -16,9 +16,10 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol
 
 from visionmesh.api.embedding.v1 import embedding_pb2
-from visionmesh.common.errors import InvalidArgument, NotFound
+from visionmesh.common.errors import AlreadyExists, InvalidArgument, NotFound
 from visionmesh.common.jobs import PermanentJobError
-from visionmesh.embedding.core.vector_store import Distance
+from visionmesh.embedding.core.collections import CollectionStore
+from visionmesh.embedding.core.vector_store import Distance, VectorStore, space_name
 
 __all__ = [
     "COLLECTION_NAME",
@@ -171,3 +172,39 @@ def _distance(value: str) -> Distance:
     if value == "euclid":
         return "euclid"
     raise InvalidArgument.for_field("spec.routing.distance", f"unknown distance {value!r}")
+
+
+class JobCollections:
+    """The jobs' view of the table (worker.routing.Collections): a collection's space, model,
+    dimension and store key, created on demand with its vector space."""
+
+    def __init__(self, collections: CollectionStore, vectors: VectorStore) -> None:
+        self._collections = collections
+        self._vectors = vectors
+
+    async def resolve(
+        self, tenant_id: str, name: str, *, create_with: NewCollection | None
+    ) -> tuple[str, str, int, str]:
+        row = await self._collections.get(tenant_id, name)
+        if row is None:
+            if create_with is None:
+                raise NotFound(resource_type="collection", resource_id=name)
+            space = space_name(create_with.model, create_with.dim, create_with.distance)
+            await self._vectors.ensure_space(
+                space, dim=create_with.dim, distance=create_with.distance
+            )
+            try:
+                row = await self._collections.create(
+                    tenant_id=tenant_id,
+                    name=name,
+                    model=create_with.model,
+                    dim=create_with.dim,
+                    distance=create_with.distance,
+                    space=space,
+                )
+            except AlreadyExists:
+                # Another attempt (or job) created it meanwhile: use theirs.
+                row = await self._collections.get(tenant_id, name)
+                if row is None:
+                    raise
+        return row.space, row.model, row.dim, row.id
