@@ -19,7 +19,8 @@ import numpy as np
 import pytest
 import pytest_asyncio
 
-from tests.gateway.helpers import wait_for
+from tests.embedding.env import DINOV2, save_dinov2
+from tests.gateway.helpers import upload_dataset, wait_for
 from tests.mesh import Mesh, box_iou, finished, running_mesh, train_detector
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.timeout(420)]
@@ -31,8 +32,11 @@ CONF = 0.001
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def mesh(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Mesh]:
+    tmp = tmp_path_factory.mktemp("inference-mesh")
+    # The embedding service reads DINOv2 from <data dir>/models/dinov2: a tiny random one.
+    save_dinov2(tmp / "state" / "models" / "dinov2")
     async with running_mesh(
-        tmp_path_factory.mktemp("inference-mesh"), workers=("training", "export", "inference")
+        tmp, workers=("training", "export", "inference", "embedding")
     ) as running:
         yield running
 
@@ -305,3 +309,70 @@ async def test_a_batch_job_pages_its_results_and_survives_a_killed_service(
             files=[("image", (images[0].name, images[0].read_bytes(), "image/png"))],
         )
         assert again.status_code == 200, again.text
+
+
+async def test_a_catalogue_is_embedded_by_a_job_searched_and_matched_in_scenes(
+    mesh: Mesh, deployed: dict[str, Any]
+) -> None:
+    """Catalogue dataset -> embedding job (metadata filter) -> typed result -> search with a
+    filter -> scene matching through the deployed detector (embedding -> inference)."""
+    from visionmesh.cli.synth import make_catalog_dataset, zip_dataset
+
+    catalog = make_catalog_dataset(mesh.tmp / "shop", n_products=8, renders=2, imgsz=64, seed=0)
+    archive = zip_dataset(catalog.root, mesh.tmp / "shop.zip")
+    acme = [p for p in catalog.products if p.metadata["brand"] == "acme"]
+    async with mesh.http() as client:
+        uploaded = await upload_dataset(client, archive, name="shop")
+        assert uploaded["http_status"] == 200, uploaded
+        dataset = uploaded["dataset"]
+        assert dataset["format"] == "DATASET_FORMAT_CATALOG" and int(dataset["productCount"]) == 8
+        created = await client.post(
+            "/v1/embedding/jobs",
+            json={
+                "spec": {
+                    "model": DINOV2,
+                    "metadataFilter": {
+                        "datasetId": dataset["id"],
+                        "filter": {"conditions": [{"key": "brand", "stringValue": "acme"}]},
+                    },
+                    "routing": {"defaultCollection": "products", "createMissing": True},
+                }
+            },
+        )
+        assert created.status_code == 200, created.text
+        job = await finished(client, created.json()["job"]["id"])
+        assert job["state"] == "JOB_STATE_SUCCEEDED", job
+        result = job["result"]
+        assert result["@type"].endswith("visionmesh.embedding.v1.EmbeddingJobResult")
+        embedded = sum(len(p.images) for p in acme)
+        assert int(result["imagesEmbedded"]) == embedded
+        assert result["collections"] == [{"collection": "products", "points": str(embedded)}]
+
+        query = (catalog.root / acme[0].images[0]).read_bytes()
+        found = await client.post(
+            "/v1/collections/products:search",
+            json={
+                "image": {"data": base64.b64encode(query).decode()},
+                "topK": 3,
+                "filter": {"conditions": [{"key": "brand", "stringValue": "acme"}]},
+            },
+        )
+        assert found.status_code == 200, found.text
+        points = found.json()["points"]
+        assert points[0]["productId"] == acme[0].id
+        assert all(p["payload"]["brand"] == "acme" for p in points)
+
+        scene = (mesh.tmp / "detect-data" / "images" / "val").iterdir().__next__().read_bytes()
+        matched = await client.post(
+            "/v1/collections/products:match",
+            json={
+                "images": [{"data": base64.b64encode(scene).decode()}],
+                "detectorDeployment": "shapes",
+                "detectorOptions": {"conf": CONF, "maxDet": 3},
+                "topK": 1,
+            },
+        )
+        assert matched.status_code == 200, matched.text
+        objects = matched.json()["results"][0]["objects"]
+        assert 1 <= len(objects) <= 3
+        assert all(o["detection"]["box"] and o["products"] for o in objects)
