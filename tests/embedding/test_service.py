@@ -249,7 +249,7 @@ async def test_search_by_image_vector_and_point_with_filters(
 ) -> None:
     points = _points(catalog)
     payloads = {p.id: json_format.MessageToDict(p.payload) for p in points}
-    async with running_core(tmp_path, models, store=store) as (core, _), _tenant(TENANT_A):
+    async with running_core(tmp_path, models, store=store) as (core, _vectors), _tenant(TENANT_A):
         await _create(core, "products")
         await core.upsert_images(pb.UpsertImagesRequest(collection="products", points=points))
         target = points[4]
@@ -282,6 +282,11 @@ async def test_search_by_image_vector_and_point_with_filters(
             pb.SearchRequest(collection="products", image=target.image, filter=message, top_k=50)
         )
         assert {p.id for p in filtered.points} == allowed and target.id in allowed
+        if store == "edge":
+            # The fields the filter read are now indexed in the space (keyword for strings).
+            (row,) = await core._collections.page(TENANT_A.tenant_id, limit=1)
+            schema = _vectors._shard(row.space).info().payload_schema  # type: ignore[attr-defined]
+            assert {"brand", "category"} <= set(schema)
 
         # By vector, with a threshold and top_k.
         vector = (await core.embed(pb.EmbedRequest(images=[target.image]))).embeddings[0].vector

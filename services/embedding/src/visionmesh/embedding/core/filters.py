@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, TypeAlias
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import qdrant_edge
 from qdrant_client import models
@@ -45,6 +45,9 @@ __all__ = [
 ]
 
 Scalar: TypeAlias = str | int | bool
+
+if TYPE_CHECKING:
+    from visionmesh.embedding.core.vector_store import FieldType
 
 
 @dataclass(frozen=True, slots=True)
@@ -389,3 +392,37 @@ def _build(path: str, factory: Callable[[], Filter]) -> Filter:
     except InvalidArgument as exc:
         description = exc.field_violations[0].description if exc.field_violations else exc.message
         raise InvalidArgument.for_field(path, description) from exc
+
+
+def index_types(filter: Filter | None) -> dict[str, FieldType]:
+    """The payload index each key a filter reads wants: keyword for strings, integer or
+    bool for those values, float for ranges (the first use of a key decides)."""
+    found: dict[str, FieldType] = {}
+
+    def visit(node: Filter | None) -> None:
+        match node:
+            case None:
+                return
+            case Match(key=key, value=value):
+                kind: FieldType = (
+                    "bool"
+                    if isinstance(value, bool)
+                    else "integer"
+                    if isinstance(value, int)
+                    else "keyword"
+                )
+                found.setdefault(key, kind)
+            case AnyOf(key=key, values=values):
+                found.setdefault(
+                    key, "integer" if values and isinstance(values[0], int) else "keyword"
+                )
+            case Range(key=key):
+                found.setdefault(key, "float")
+            case And(operands=operands) | Or(operands=operands):
+                for operand in operands:
+                    visit(operand)
+            case Not(operand=operand):
+                visit(operand)
+
+    visit(filter)
+    return found

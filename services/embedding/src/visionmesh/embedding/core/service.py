@@ -35,10 +35,17 @@ from visionmesh.common.tenancy import tenant_key
 from visionmesh.common.vision.processing import decode_image
 from visionmesh.embedding.core.collections import CollectionStore
 from visionmesh.embedding.core.embedders import Embedder, EmbedderInfo
-from visionmesh.embedding.core.filters import Filter
+from visionmesh.embedding.core.filters import Filter, index_types
 from visionmesh.embedding.core.proto_filters import filter_from_proto
 from visionmesh.embedding.core.provider import EmbedderProvider
-from visionmesh.embedding.core.vector_store import Distance, Hit, PointIn, VectorStore, space_name
+from visionmesh.embedding.core.vector_store import (
+    RESERVED_FIELDS,
+    Distance,
+    Hit,
+    PointIn,
+    VectorStore,
+    space_name,
+)
 from visionmesh.embedding.db.models import CollectionRow
 
 __all__ = [
@@ -120,6 +127,7 @@ class EmbeddingCore:
         self._default_model = default_model
         self._limits = limits or ImageLimits()
         self._backbones = backbones
+        self._indexed: set[tuple[str, str]] = set()
 
     # --- capabilities and Embed ---------------------------------------------------------
 
@@ -286,7 +294,7 @@ class EmbeddingCore:
     ) -> embedding_pb2.DeletePointsResponse:
         caller = require_principal()
         row = await self._row(caller, request.collection)
-        where = filter_from_proto(request.filter) if request.HasField("filter") else None
+        where = await self._indexed_filter(row, request)
         has_filter = request.HasField("filter")
         if not request.ids and not has_filter:
             raise InvalidArgument.for_field("ids", "give ids, a filter, or both")
@@ -312,7 +320,7 @@ class EmbeddingCore:
     async def search(self, request: embedding_pb2.SearchRequest) -> embedding_pb2.SearchResponse:
         caller = require_principal()
         row = await self._row(caller, request.collection)
-        where = filter_from_proto(request.filter) if request.HasField("filter") else None
+        where = await self._indexed_filter(row, request)
         top_k = request.top_k if request.HasField("top_k") else DEFAULT_SEARCH_TOP_K
         if top_k <= 0:
             raise InvalidArgument.for_field("top_k", "must be > 0")
@@ -360,7 +368,7 @@ class EmbeddingCore:
         caller = require_principal()
         row = await self._row(caller, request.collection)
         embedder = await self._collection_embedder(caller, row, "collection")
-        where = filter_from_proto(request.filter) if request.HasField("filter") else None
+        where = await self._indexed_filter(row, request)
         top_k = request.top_k if request.HasField("top_k") else DEFAULT_MATCH_TOP_K
         if top_k <= 0:
             raise InvalidArgument.for_field("top_k", "must be > 0")
@@ -545,6 +553,25 @@ class EmbeddingCore:
         return checked
 
     # --- helpers ---------------------------------------------------------------------------
+
+    async def _indexed_filter(self, row: CollectionRow, request: Any) -> Filter | None:
+        """The request's filter, once every payload field it reads is indexed in the space:
+        indexes follow the filters callers use (created once per space and field)."""
+        where = filter_from_proto(request.filter) if request.HasField("filter") else None
+        wanted = {
+            key: kind
+            for key, kind in index_types(where).items()
+            if (row.space, key) not in self._indexed and key not in RESERVED_FIELDS
+        }
+        if wanted:
+            await self._vectors.ensure_space(
+                row.space,
+                dim=row.dim,
+                distance=row.distance,  # type: ignore[arg-type]
+                index_fields=wanted,
+            )
+            self._indexed.update((row.space, key) for key in wanted)
+        return where
 
     async def _remember_backbone(self, caller: Principal, message: Any, field: str) -> None:
         """Keeps the checkpoint the gateway resolved for an `mv-<id>` model (it alone may)."""
