@@ -174,6 +174,17 @@ async def test_a_backbone_resolved_by_the_gateway_is_loaded_from_the_object_stor
             metadata=_metadata(signer, _caller("tenant-a")),
         )
         assert embedded.dim == 512
+        # The tenant's backbones are among its capabilities; another tenant's are not.
+        listed = await stub.GetCapabilities(
+            embedding_pb2.GetCapabilitiesRequest(), metadata=_metadata(signer, _caller("tenant-a"))
+        )
+        assert [(m.name, m.dim, m.family) for m in listed.models][1:] == [
+            ("mv-mv-1", 512, "backbone")
+        ]
+        other = await stub.GetCapabilities(
+            embedding_pb2.GetCapabilitiesRequest(), metadata=_metadata(signer, _caller("tenant-b"))
+        )
+        assert [m.name for m in other.models] == [DINOV2]
         assert abs(float(np.linalg.norm(embedded.embeddings[0].vector)) - 1.0) < 1e-4
         # Another tenant never resolved it.
         with pytest.raises(grpc.aio.AioRpcError) as raised:

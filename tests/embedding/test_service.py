@@ -93,7 +93,7 @@ async def test_capabilities_and_embed(
     tmp_path: Path, models: tuple[Path, Path], catalog: SynthCatalog
 ) -> None:
     async with running_core(tmp_path, models) as (core, _):
-        capabilities = core.capabilities()
+        capabilities = await core.capabilities()
         assert [(m.name, m.dim, m.family) for m in capabilities.models] == [(DINOV2, 32, "dinov2")]
         assert capabilities.default_model == DINOV2
         paths = catalog.products[0].images

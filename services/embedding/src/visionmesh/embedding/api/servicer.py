@@ -15,7 +15,7 @@ class EmbeddingServicer(embedding_pb2_grpc.EmbeddingServiceServicer):
     async def GetCapabilities(
         self, request: embedding_pb2.GetCapabilitiesRequest, context: Any
     ) -> embedding_pb2.GetCapabilitiesResponse:
-        return self._core.capabilities()
+        return await self._core.capabilities()
 
     async def Embed(
         self, request: embedding_pb2.EmbedRequest, context: Any

@@ -49,6 +49,15 @@ class BackboneFiles:
             row.resolved = backbone.SerializeToString()
             row.update_time = utcnow()
 
+    async def known(self, tenant_id: str) -> list[str]:
+        async with self._db.session() as session:
+            rows = await session.scalars(
+                select(BackboneRow.model_version_id)
+                .where(BackboneRow.tenant_id == tenant_id)
+                .order_by(BackboneRow.model_version_id)
+            )
+            return list(rows)
+
     async def __call__(self, tenant_id: str, model_version_id: str) -> BackboneCheckpoint:
         async with self._db.session() as session:
             row = await session.scalar(

@@ -27,8 +27,15 @@ from google.protobuf import json_format, struct_pb2
 from visionmesh.api.common.v1 import image_pb2
 from visionmesh.api.embedding.v1 import embedding_pb2
 from visionmesh.api.inference.v1 import inference_pb2
-from visionmesh.common.auth import Principal, require_principal
-from visionmesh.common.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
+from visionmesh.common.auth import Principal, current_principal, require_principal
+from visionmesh.common.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    VisionMeshError,
+)
+from visionmesh.common.logging import get_logger
 from visionmesh.common.specs.embedding import RESOLVED_BACKBONE_SCOPE
 from visionmesh.common.storage import ObjectStore
 from visionmesh.common.tenancy import tenant_key
@@ -37,7 +44,7 @@ from visionmesh.embedding.core.collections import CollectionStore
 from visionmesh.embedding.core.embedders import Embedder, EmbedderInfo
 from visionmesh.embedding.core.filters import Filter, index_types
 from visionmesh.embedding.core.proto_filters import filter_from_proto
-from visionmesh.embedding.core.provider import EmbedderProvider
+from visionmesh.embedding.core.provider import EmbedderProvider, backbone_name
 from visionmesh.embedding.core.vector_store import (
     RESERVED_FIELDS,
     Distance,
@@ -75,10 +82,17 @@ _DISTANCES: tuple[Distance, ...] = ("cosine", "dot", "euclid")
 Image = npt.NDArray[np.uint8]
 
 
+_log = get_logger(__name__)
+
+
 class RememberBackbone(Protocol):
     """Keeps a gateway-resolved backbone checkpoint for a tenant (core.backbone_files)."""
 
     async def remember(self, tenant_id: str, backbone: embedding_pb2.ResolvedBackbone) -> None: ...
+
+    async def known(self, tenant_id: str) -> list[str]:
+        """The model version ids resolved for the tenant."""
+        ...
 
 
 Detect = Callable[
@@ -139,10 +153,21 @@ class EmbeddingCore:
         found = self._embedders.dinov2_models()
         return found[0].name if found else ""
 
-    def capabilities(self) -> embedding_pb2.GetCapabilitiesResponse:
+    async def capabilities(self) -> embedding_pb2.GetCapabilitiesResponse:
+        """DINOv2 models present here, then the caller's backbones the gateway resolved."""
+        models = [_model(info) for info in self._embedders.dinov2_models()]
+        caller = current_principal()
+        if caller is not None and self._backbones is not None:
+            for version in await self._backbones.known(caller.tenant_id):
+                name = backbone_name(version)
+                try:
+                    info = await self._embedders.describe(name, tenant_id=caller.tenant_id)
+                except VisionMeshError as exc:
+                    _log.warning("backbone not listed", backbone=name, reason=exc.message)
+                    continue
+                models.append(_model(info))
         return embedding_pb2.GetCapabilitiesResponse(
-            models=[_model(info) for info in self._embedders.dinov2_models()],
-            default_model=self.default_model,
+            models=models, default_model=self.default_model
         )
 
     async def embed(self, request: embedding_pb2.EmbedRequest) -> embedding_pb2.EmbedResponse:
