@@ -14,7 +14,6 @@ collection of the same name.
 from __future__ import annotations
 
 import asyncio
-import base64
 import math
 import re
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -36,6 +35,7 @@ from visionmesh.common.errors import (
     VisionMeshError,
 )
 from visionmesh.common.logging import get_logger
+from visionmesh.common.paging import DEFAULT_PAGE_SIZE, name_after, name_page_token
 from visionmesh.common.specs.embedding import RESOLVED_BACKBONE_SCOPE
 from visionmesh.common.storage import ObjectStore
 from visionmesh.common.tenancy import tenant_key
@@ -65,7 +65,6 @@ __all__ = [
     "ImageLimits",
 ]
 
-DEFAULT_PAGE_SIZE = 50
 DEFAULT_SEARCH_TOP_K = 10
 DEFAULT_MATCH_TOP_K = 5
 MATCH_CANDIDATES_PER_PRODUCT = 10
@@ -233,12 +232,12 @@ class EmbeddingCore:
         self, *, page_size: int, page_token: str
     ) -> tuple[list[embedding_pb2.Collection], str]:
         caller = require_principal()
-        after = _decode_token(page_token)
+        after = name_after(page_token)
         limit = page_size or DEFAULT_PAGE_SIZE
         rows = await self._collections.page(caller.tenant_id, after=after, limit=limit + 1)
         more = len(rows) > limit
         rows = rows[:limit]
-        token = _encode_token(rows[-1].name) if more else ""
+        token = name_page_token(rows[-1].name) if more else ""
         return [_collection(row, await self._count(row)) for row in rows], token
 
     async def delete_collection(self, name: str) -> embedding_pb2.Collection:
@@ -800,18 +799,3 @@ def _check_name(name: str, field: str) -> None:
             f"{name!r} is not a collection name: 1-63 lowercase letters, digits, '_' and '-', "
             "starting with a letter or digit",
         )
-
-
-def _encode_token(name: str) -> str:
-    return base64.urlsafe_b64encode(name.encode()).decode()
-
-
-def _decode_token(token: str) -> str:
-    if not token:
-        return ""
-    try:
-        # validate=True: a token with characters outside the alphabet is refused, not
-        # silently decoded from whatever characters remain.
-        return base64.b64decode(token.encode(), altchars=b"-_", validate=True).decode()
-    except (ValueError, UnicodeDecodeError):
-        raise InvalidArgument.for_field("page_token", "not a token this service issued") from None

@@ -6,7 +6,6 @@ own ports) and batch jobs go through this class; the servicers only adapt messag
 
 from __future__ import annotations
 
-import base64
 import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ from visionmesh.common.errors import (
     NotFound,
     PermissionDenied,
 )
+from visionmesh.common.paging import DEFAULT_PAGE_SIZE, name_after, name_page_token
 from visionmesh.common.specs.batch_inference import RESOLVED_EXPORT_SCOPE, check_batch_spec
 from visionmesh.common.storage import ObjectStore
 from visionmesh.common.tenancy import tenant_key
@@ -34,7 +34,6 @@ from visionmesh.inference.core.package import check_export
 from visionmesh.inference.core.predictor import ImageInput, Predictor
 from visionmesh.inference.db.models import DeploymentRow
 
-DEFAULT_PAGE_SIZE = 50
 LOAD_WAIT_SECONDS = 300.0
 """How long a KServe repository load waits for the model, as Triton's load does."""
 
@@ -147,12 +146,12 @@ class InferenceCore:
         self, *, page_size: int, page_token: str
     ) -> tuple[list[inference_pb2.Deployment], str]:
         caller = require_principal()
-        after = _decode_token(page_token)
+        after = name_after(page_token)
         limit = page_size or DEFAULT_PAGE_SIZE
         rows = await self._store.page(caller.tenant_id, after=after, limit=limit + 1)
         more = len(rows) > limit
         rows = rows[:limit]
-        token = _encode_token(rows[-1].name) if more else ""
+        token = name_page_token(rows[-1].name) if more else ""
         return [self._deployment(row) for row in rows], token
 
     async def _row(
@@ -336,16 +335,3 @@ def _require_admin(principal: Principal) -> None:
         raise PermissionDenied(
             "repository operations are for admins of the tenant", reason="ADMIN_REQUIRED"
         )
-
-
-def _encode_token(name: str) -> str:
-    return base64.urlsafe_b64encode(name.encode()).decode()
-
-
-def _decode_token(token: str) -> str:
-    if not token:
-        return ""
-    try:
-        return base64.urlsafe_b64decode(token.encode()).decode()
-    except (ValueError, UnicodeDecodeError):
-        raise InvalidArgument.for_field("page_token", "not a token this service issued") from None
