@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import sys
 from collections.abc import Sequence
 from contextvars import ContextVar
@@ -16,13 +15,11 @@ from visionmesh.common.auth import AUTHORIZATION_METADATA_KEY, Principal, bearer
 from visionmesh.common.datasets import DatasetCache
 from visionmesh.common.db import Database, run_migrations
 from visionmesh.common.errors import FailedPrecondition, InvalidArgument
-from visionmesh.common.events import EventBus
-from visionmesh.common.jobs import JobMetrics, JobWorker, serve_workers, worker_spec
+from visionmesh.common.jobs import serve_with_job_workers
 from visionmesh.common.logging import configure_logging, get_logger
 from visionmesh.common.rpc import GrpcClient, GrpcServer, connect
 from visionmesh.common.settings import load_settings, service_token_authenticator
 from visionmesh.common.storage import ObjectStore
-from visionmesh.common.subjects import ensure_job_streams
 from visionmesh.embedding.api.servicer import EmbeddingServicer
 from visionmesh.embedding.config import EmbeddingSettings
 from visionmesh.embedding.core.backbone_files import BackboneFiles
@@ -186,16 +183,12 @@ async def serve(settings: EmbeddingSettings) -> int:
     service = EmbeddingService(settings)
     await service.start()
     try:
-        async with EventBus(servers=settings.nats_url, name=f"embedding-{os.getpid()}") as bus:
-            await ensure_job_streams(bus)
-            spec = worker_spec(job_pb2.JOB_KIND_EMBEDDING, settings)
-            metrics = JobMetrics.create(service.grpc.registry)
-            handler = service.job_handler(service.objects)
-            workers = [
-                JobWorker(bus=bus, handler=handler, spec=spec, metrics=metrics)
-                for _ in range(settings.workers)
-            ]
-            return await serve_workers(service.grpc, workers)
+        return await serve_with_job_workers(
+            settings,
+            kind=job_pb2.JOB_KIND_EMBEDDING,
+            server=service.grpc,
+            handler=service.job_handler(service.objects),
+        )
     finally:
         await service.stop()
 

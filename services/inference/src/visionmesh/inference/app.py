@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import sys
 from collections.abc import AsyncIterator
 from typing import Self
@@ -14,13 +13,11 @@ import onnxruntime
 from visionmesh.api.common.v1 import job_pb2
 from visionmesh.api.inference.v1 import inference_pb2, inference_pb2_grpc
 from visionmesh.common.db import Database, run_migrations
-from visionmesh.common.events import EventBus
-from visionmesh.common.jobs import JobMetrics, JobWorker, serve_workers, worker_spec
+from visionmesh.common.jobs import serve_with_job_workers
 from visionmesh.common.logging import configure_logging, get_logger
 from visionmesh.common.rpc import GrpcServer, connect
 from visionmesh.common.settings import load_settings, service_token_authenticator
 from visionmesh.common.storage import ObjectStore
-from visionmesh.common.subjects import ensure_job_streams
 from visionmesh.inference.api.credentials import GatewayCredentials
 from visionmesh.inference.api.kserve import KSERVE_PUBLIC_METHODS, KServeDataplane
 from visionmesh.inference.api.kserve_grpc import add_kserve_service
@@ -227,17 +224,13 @@ async def serve(settings: InferenceSettings) -> int:
     service = InferenceService(settings)
     await service.start()
     try:
-        async with EventBus(servers=settings.nats_url, name=f"inference-{os.getpid()}") as bus:
-            await ensure_job_streams(bus)
-            spec = worker_spec(job_pb2.JOB_KIND_BATCH_INFERENCE, settings)
-            metrics = JobMetrics.create(service.grpc.registry)
-            workers = [
-                JobWorker(bus=bus, handler=service.batch_handler, spec=spec, metrics=metrics)
-                for _ in range(settings.workers)
-            ]
-            return await serve_workers(
-                service.grpc, workers, loops=[("deployments-reconcile", service.manager.run())]
-            )
+        return await serve_with_job_workers(
+            settings,
+            kind=job_pb2.JOB_KIND_BATCH_INFERENCE,
+            server=service.grpc,
+            handler=service.batch_handler,
+            loops=[("deployments-reconcile", service.manager.run())],
+        )
     finally:
         await service.stop()
 

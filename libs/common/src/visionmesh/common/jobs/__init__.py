@@ -20,6 +20,7 @@ from visionmesh.common.jobs._metrics import JobMetrics
 from visionmesh.common.jobs._reporter import EventsUndeliverable, JobReporter
 from visionmesh.common.jobs._service import (
     WorkerServiceSettings,
+    serve_with_job_workers,
     serve_worker_service,
     serve_workers,
     worker_spec,
@@ -54,6 +55,7 @@ __all__ = [
     "backoff_seconds",
     "classify",
     "is_out_of_memory",
+    "serve_with_job_workers",
     "serve_worker_service",
     "serve_workers",
     "worker_spec",

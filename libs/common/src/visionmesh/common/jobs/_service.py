@@ -110,7 +110,6 @@ async def serve_worker_service(
     `settings.workers` job workers running `handler` on jobs of `kind`, and supervision.
     Returns the exit code: 0 after SIGTERM, 1 when a job loop died."""
     name = job_kind_token(kind)
-    log = get_logger(f"visionmesh.{name}")
     server = GrpcServer(
         settings=settings, authenticator=service_token_authenticator(settings, audience=name)
     )
@@ -122,16 +121,34 @@ async def serve_worker_service(
     store = ObjectStore(settings.object_store_config())
     try:
         await store.ensure_bucket()
-        async with EventBus(servers=settings.nats_url, name=f"{name}-{os.getpid()}") as bus:
-            await ensure_job_streams(bus)
-            job_handler = handler(store)
-            metrics = JobMetrics.create(server.registry)
-            spec = worker_spec(kind, settings)
-            workers = [
-                JobWorker(bus=bus, handler=job_handler, spec=spec, metrics=metrics)
-                for _ in range(settings.workers)
-            ]
-            log.info("job workers starting", workers=len(workers), kind=name)
-            return await serve_workers(server, workers)
+        return await serve_with_job_workers(
+            settings, kind=kind, server=server, handler=handler(store)
+        )
     finally:
         store.close()
+
+
+async def serve_with_job_workers(
+    settings: WorkerServiceSettings,
+    *,
+    kind: int,
+    server: GrpcServer,
+    handler: JobHandler,
+    loops: Sequence[tuple[str, Coroutine[Any, Any, None]]] = (),
+) -> int:
+    """`settings.workers` job workers running `handler` on jobs of `kind`, next to `server`
+    and the service's other `loops`, supervised (`serve_workers`) until SIGTERM or a dead
+    loop. For services that build their own server (their own authenticator, more ports)."""
+    name = job_kind_token(kind)
+    async with EventBus(servers=settings.nats_url, name=f"{name}-{os.getpid()}") as bus:
+        await ensure_job_streams(bus)
+        metrics = JobMetrics.create(server.registry)
+        spec = worker_spec(kind, settings)
+        workers = [
+            JobWorker(bus=bus, handler=handler, spec=spec, metrics=metrics)
+            for _ in range(settings.workers)
+        ]
+        get_logger(f"visionmesh.{name}").info(
+            "job workers starting", workers=len(workers), kind=name
+        )
+        return await serve_workers(server, workers, loops=loops)
