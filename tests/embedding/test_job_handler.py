@@ -12,7 +12,7 @@ import contextlib
 import hashlib
 import io
 import threading
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,20 +22,16 @@ import pytest
 import torch
 from google.protobuf import struct_pb2
 from PIL import Image
-from prometheus_client import CollectorRegistry
 from visionmesh.api.common.v1 import job_pb2
 from visionmesh.api.embedding.v1 import embedding_pb2
 from visionmesh.api.events.v1 import events_pb2
 from visionmesh.cli.synth import SynthCatalog, make_catalog_dataset, zip_dataset
 from visionmesh.common.datasets import DatasetCache
-from visionmesh.common.embedded import NatsServer
 from visionmesh.common.errors import NotFound
 from visionmesh.common.events import EventBus
-from visionmesh.common.jobs import JobContext, JobMetrics, JobOutcome, JobWorker, JobWorkerSpec
+from visionmesh.common.jobs import JobContext, JobOutcome, JobWorker
 from visionmesh.common.storage import ObjectStore
 from visionmesh.common.subjects import (
-    JOB_EVENTS_STREAM,
-    ensure_job_streams,
     job_control_subject,
     job_request_subject,
 )
@@ -47,9 +43,11 @@ from visionmesh.embedding.core.vector_store import VectorStore, space_name
 from visionmesh.embedding.worker import EmbeddingHandler, NewCollection, progress_key
 from visionmesh.gateway.core.archive import inspect_archive, manifest_json
 
+from tests.job_runtime import Events, job_bus, job_worker
+from tests.job_runtime import running as _running
+
 TENANT = "t"
 KIND = job_pb2.JOB_KIND_EMBEDDING
-TERMINAL = (job_pb2.JOB_STATE_FAILED, job_pb2.JOB_STATE_SUCCEEDED, job_pb2.JOB_STATE_CANCELLED)
 MODEL = "dinov2_tiny"
 N_PRODUCTS = 8
 RENDERS = 2
@@ -177,47 +175,6 @@ class Recording:
         return await self._inner.run(job)
 
 
-class Events:
-    """Every job event from the start of the stream, gathered in the background."""
-
-    def __init__(self) -> None:
-        self.by_job: dict[str, list[events_pb2.JobEvent]] = {}
-        self._changed = asyncio.Event()
-
-    async def collect(self, bus: EventBus) -> None:
-        subscription = await bus.subscribe_ordered("vm.jobs.events.>", stream=JOB_EVENTS_STREAM)
-        try:
-            async for delivery in subscription:
-                event = delivery.decode(events_pb2.JobEvent)
-                self.by_job.setdefault(event.job_id, []).append(event)
-                self._changed.set()
-        finally:
-            await subscription.close()
-
-    def end(self, job_id: str) -> events_pb2.JobStateChanged | None:
-        return next(
-            (
-                e.state_changed
-                for e in self.by_job.get(job_id, [])
-                if e.state_changed.state in TERMINAL
-            ),
-            None,
-        )
-
-    def result(self, job_id: str) -> embedding_pb2.EmbeddingJobResult:
-        reported = [e.result for e in self.by_job[job_id] if e.HasField("result")]
-        assert len(reported) == 1, reported
-        result = embedding_pb2.EmbeddingJobResult()
-        assert reported[0].result.Unpack(result)
-        return result
-
-    async def ended(self, *job_ids: str, within: float = 120) -> None:
-        async with asyncio.timeout(within):
-            while any(self.end(job_id) is None for job_id in job_ids):
-                self._changed.clear()
-                await self._changed.wait()
-
-
 class Env:
     def __init__(self, store: ObjectStore, tmp: Path, embedder: Gate | Dinov2Embedder) -> None:
         self.store = store
@@ -288,41 +245,12 @@ def _request(
     )
 
 
-@contextlib.asynccontextmanager
-async def _mesh(tmp: Path) -> AsyncIterator[tuple[EventBus, Events]]:
-    async with (
-        NatsServer(store_dir=tmp / "nats", log_dir=tmp) as nats,
-        EventBus(servers=nats.url, name="embedding-handler-test") as bus,
-    ):
-        await ensure_job_streams(bus)
-        events = Events()
-        collecting = asyncio.create_task(events.collect(bus))
-        try:
-            yield bus, events
-        finally:
-            collecting.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await collecting
+def _mesh(tmp: Path) -> contextlib.AbstractAsyncContextManager[tuple[EventBus, Events]]:
+    return job_bus(tmp, name="embedding-handler-test")
 
 
 def _worker(bus: EventBus, handler: Any) -> JobWorker:
-    return JobWorker(
-        bus=bus,
-        handler=handler,
-        spec=JobWorkerSpec(kind=KIND, heartbeat_seconds=1.0, ack_wait_seconds=3.0),
-        metrics=JobMetrics.create(CollectorRegistry()),
-    )
-
-
-@contextlib.asynccontextmanager
-async def _running(worker: JobWorker) -> AsyncIterator[asyncio.Task[None]]:
-    task = asyncio.create_task(worker.run())
-    try:
-        yield task
-    finally:
-        worker.stop()
-        with contextlib.suppress(asyncio.CancelledError):
-            await asyncio.wait_for(task, 30)
+    return job_worker(bus, handler, kind=KIND)
 
 
 async def _publish(bus: EventBus, *requests: events_pb2.JobRequest) -> None:
@@ -417,7 +345,7 @@ async def test_each_catalogue_mode_embeds_exactly_what_its_selection_implies(
         await _publish(bus, *requests)
         await events.ended("products", "filtered", "everything", "unknown")
 
-    chosen = events.result("products")
+    chosen = events.result("products", embedding_pb2.EmbeddingJobResult())
     assert (chosen.images_selected, chosen.images_embedded, chosen.images_skipped) == (6, 6, 0)
     assert _points(chosen) == {"chosen": 6} and await env.registry.count("chosen") == 6
 
@@ -427,11 +355,11 @@ async def test_each_catalogue_mode_embeds_exactly_what_its_selection_implies(
         p.metadata["brand"] == "acme" and p.metadata["category"] in ("shoes", "boots")
         for p in expected
     )
-    filtered = events.result("filtered")
+    filtered = events.result("filtered", embedding_pb2.EmbeddingJobResult())
     assert filtered.images_embedded == len(expected) * RENDERS == 4
     assert await env.registry.count("filtered") == 4
 
-    everything = events.result("everything")
+    everything = events.result("everything", embedding_pb2.EmbeddingJobResult())
     per_category: dict[str, int] = {}
     for product in catalog.products:
         category = str(product.metadata["category"])
@@ -504,7 +432,7 @@ async def test_listed_images_are_routed_each_and_bad_images_are_skipped_with_the
 
     end = events.end("listed")
     assert end is not None and end.state == job_pb2.JOB_STATE_SUCCEEDED, end
-    result = events.result("listed")
+    result = events.result("listed", embedding_pb2.EmbeddingJobResult())
     assert (result.images_selected, result.images_embedded, result.images_skipped) == (7, 5, 2)
     assert [(s.key, s.reason) for s in result.skipped] == [
         ("in/broken.jpg", "UNDECODABLE"),
@@ -588,7 +516,7 @@ async def test_a_job_killed_midway_resumes_without_duplicates_or_repeated_chunks
     end = events.end("resumed")
     assert end is not None and end.state == job_pb2.JOB_STATE_SUCCEEDED, end
     assert {e.attempt for e in events.by_job["resumed"]} == {1, 2}
-    result = events.result("resumed")
+    result = events.result("resumed", embedding_pb2.EmbeddingJobResult())
     total = N_PRODUCTS * RENDERS
     assert (result.images_selected, result.images_embedded) == (total, total)
     assert _points(result) == {"products": total}
@@ -623,7 +551,7 @@ async def test_a_cancel_stops_between_batches_and_reports_what_was_written(
 
     end = events.end("cancelled")
     assert end is not None and end.state == job_pb2.JOB_STATE_CANCELLED, end
-    result = events.result("cancelled")
+    result = events.result("cancelled", embedding_pb2.EmbeddingJobResult())
     # The batch running at the cancel finishes (its points are written); no later one starts.
     assert result.images_embedded == 9 and gate.images == 9
     assert _points(result) == {"products": 9}

@@ -14,19 +14,15 @@ from typing import Any
 import numpy as np
 import pytest
 from PIL import Image, ImageDraw
-from prometheus_client import CollectorRegistry
 from visionmesh.api.common.v1 import job_pb2
 from visionmesh.api.events.v1 import events_pb2
 from visionmesh.api.export.v1 import export_pb2
 from visionmesh.api.inference.v1 import inference_pb2
-from visionmesh.common.embedded import NatsServer
 from visionmesh.common.errors import NotFound
 from visionmesh.common.events import EventBus
-from visionmesh.common.jobs import JobContext, JobMetrics, JobOutcome, JobWorker, JobWorkerSpec
+from visionmesh.common.jobs import JobContext, JobOutcome, JobWorker
 from visionmesh.common.storage import ObjectStore
 from visionmesh.common.subjects import (
-    JOB_EVENTS_STREAM,
-    ensure_job_streams,
     job_control_subject,
     job_request_subject,
 )
@@ -36,6 +32,8 @@ from visionmesh.inference.core.onnx_runtime import OnnxRuntimeModel
 from visionmesh.inference.core.package import metadata_dict
 from visionmesh.inference.worker.batch import BatchInferenceHandler, OpenModel, chunk_name
 
+from tests.job_runtime import Events, job_bus, job_worker
+from tests.job_runtime import running as _running
 from tests.models import (
     NAMES,
     classifier_checkpoint,
@@ -48,7 +46,6 @@ TENANT = "t"
 CHUNK = 4
 CONF = 0.4
 KIND = job_pb2.JOB_KIND_BATCH_INFERENCE
-TERMINAL = (job_pb2.JOB_STATE_FAILED, job_pb2.JOB_STATE_SUCCEEDED, job_pb2.JOB_STATE_CANCELLED)
 
 # Sorted as the job reads them; the corrupt file lands in the second chunk of four.
 IMAGES = (
@@ -270,75 +267,12 @@ def _request(job_id: str, **spec: Any) -> events_pb2.JobRequest:
     )
 
 
+def _mesh(tmp: Path) -> contextlib.AbstractAsyncContextManager[tuple[EventBus, Events]]:
+    return job_bus(tmp, name="batch-handler-test")
+
+
 def _worker(bus: EventBus, handler: Any) -> JobWorker:
-    return JobWorker(
-        bus=bus,
-        handler=handler,
-        spec=JobWorkerSpec(kind=KIND, heartbeat_seconds=1.0, ack_wait_seconds=3.0),
-        metrics=JobMetrics.create(CollectorRegistry()),
-    )
-
-
-class Events:
-    """Every job event from the start of the stream, gathered in the background."""
-
-    def __init__(self) -> None:
-        self.by_job: dict[str, list[events_pb2.JobEvent]] = {}
-        self._changed = asyncio.Event()
-
-    async def collect(self, bus: EventBus) -> None:
-        subscription = await bus.subscribe_ordered("vm.jobs.events.>", stream=JOB_EVENTS_STREAM)
-        try:
-            async for delivery in subscription:
-                event = delivery.decode(events_pb2.JobEvent)
-                self.by_job.setdefault(event.job_id, []).append(event)
-                self._changed.set()
-        finally:
-            await subscription.close()
-
-    def end(self, job_id: str) -> events_pb2.JobStateChanged | None:
-        return next(
-            (
-                e.state_changed
-                for e in self.by_job.get(job_id, [])
-                if e.state_changed.state in TERMINAL
-            ),
-            None,
-        )
-
-    async def ended(self, *job_ids: str, within: float = 120) -> None:
-        async with asyncio.timeout(within):
-            while any(self.end(job_id) is None for job_id in job_ids):
-                self._changed.clear()
-                await self._changed.wait()
-
-
-@contextlib.asynccontextmanager
-async def _mesh(tmp: Path) -> AsyncIterator[tuple[EventBus, Events]]:
-    async with (
-        NatsServer(store_dir=tmp / "nats", log_dir=tmp) as nats,
-        EventBus(servers=nats.url, name="batch-handler-test") as bus,
-    ):
-        await ensure_job_streams(bus)
-        events = Events()
-        collecting = asyncio.create_task(events.collect(bus))
-        try:
-            yield bus, events
-        finally:
-            collecting.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await collecting
-
-
-@contextlib.asynccontextmanager
-async def _running(worker: JobWorker) -> AsyncIterator[asyncio.Task[None]]:
-    task = asyncio.create_task(worker.run())
-    try:
-        yield task
-    finally:
-        worker.stop()
-        with contextlib.suppress(asyncio.CancelledError):
-            await asyncio.wait_for(task, 30)
+    return job_worker(bus, handler, kind=KIND)
 
 
 async def _publish(bus: EventBus, *requests: events_pb2.JobRequest) -> None:
