@@ -78,6 +78,7 @@ class InferenceCore:
         self._objects = objects
         self._limits = limits
         self._backends = backends
+        self._predictors: dict[tuple[str, str], Predictor] = {}
 
     # --- deployments ----------------------------------------------------------------------
 
@@ -136,6 +137,7 @@ class InferenceCore:
         row = await self._store.delete(caller.tenant_id, name)
         if row is None:
             raise NotFound(resource_type="deployment", resource_id=name)
+        self._predictors.pop((caller.tenant_id, name), None)
         self._manager.wake()
         return self._deployment(row)
 
@@ -200,12 +202,18 @@ class InferenceCore:
         return response
 
     def predictor(self, model: LoadedModel) -> Predictor:
-        return Predictor(
-            model.metadata,
-            model.runtime,
-            max_image_bytes=self._limits.max_image_bytes,
-            max_image_pixels=self._limits.max_image_pixels,
-        )
+        """The model's Predictor, built (and its metadata checked) once per loaded model,
+        not per call; a swapped-in generation gets its own."""
+        key = (model.tenant_id, model.name)
+        cached = self._predictors.get(key)
+        if cached is None or cached.runtime is not model.runtime:
+            cached = self._predictors[key] = Predictor(
+                model.metadata,
+                model.runtime,
+                max_image_bytes=self._limits.max_image_bytes,
+                max_image_pixels=self._limits.max_image_pixels,
+            )
+        return cached
 
     async def _image(self, caller: Principal, index: int, image: image_pb2.Image) -> ImageInput:
         field = f"images[{index}]"
