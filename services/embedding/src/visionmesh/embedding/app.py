@@ -75,7 +75,9 @@ class EmbeddingService:
         self.vectors: VectorStore = (
             QdrantStore.connect(settings.qdrant_url, api_key=settings.qdrant_api_key or None)
             if settings.qdrant_url
-            else EdgeStore(settings.data_dir / "vectors")
+            else EdgeStore(
+                settings.data_dir / "vectors", index_threshold=settings.vector_index_threshold
+            )
         )
         self.collections = CollectionStore(self.db)
         self.backbones = BackboneFiles(
@@ -188,6 +190,12 @@ async def serve(settings: EmbeddingSettings) -> int:
             kind=job_pb2.JOB_KIND_EMBEDDING,
             server=service.grpc,
             handler=service.job_handler(service.objects),
+            loops=[
+                (
+                    "vector-index",
+                    service.vectors.maintain_forever(settings.vector_index_check_seconds),
+                )
+            ],
         )
     finally:
         await service.stop()

@@ -7,6 +7,7 @@ from pathlib import Path
 from pydantic import Field
 from visionmesh.common.jobs import WorkerServiceSettings
 from visionmesh.common.limits import MAX_IMAGE_BYTES, PREDICT_MAX_MESSAGE_BYTES
+from visionmesh.embedding.core.edge_store import DEFAULT_INDEX_THRESHOLD
 
 
 class EmbeddingSettings(WorkerServiceSettings):
@@ -27,6 +28,15 @@ class EmbeddingSettings(WorkerServiceSettings):
         "in-process under <data_dir>/vectors",
     )
     qdrant_api_key: str = Field(default="", description="the Qdrant server's API key, if any")
+    vector_index_threshold: int = Field(
+        default=DEFAULT_INDEX_THRESHOLD,
+        ge=1,
+        description="Qdrant Edge: unindexed points in a space that start an HNSW build (in a "
+        "child process; the service keeps answering)",
+    )
+    vector_index_check_seconds: float = Field(
+        default=30.0, gt=0, description="Qdrant Edge: how often spaces are checked for a build"
+    )
     database_url: str = Field(
         default="",
         description="SQLAlchemy URL of the collections table (shared by all replicas); "

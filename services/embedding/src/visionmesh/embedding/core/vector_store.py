@@ -26,7 +26,10 @@ from typing import Any, Literal, Self, TypeAlias
 
 import numpy as np
 from visionmesh.common.errors import FailedPrecondition, InvalidArgument, NotFound
+from visionmesh.common.logging import get_logger
 from visionmesh.embedding.core.filters import EDGE_BOOL_FIELD, And, Filter, Match
+
+_log = get_logger(__name__)
 
 __all__ = [
     "COLLECTION_FIELD",
@@ -330,10 +333,26 @@ class VectorStore(abc.ABC):
         return await self._delete_counted(space, self._scope(tenant_id, collection))
 
     async def optimize(self, space: str) -> None:
-        """Build indexes over what was written (Edge indexes only when asked; a server always)."""
+        """Build indexes over what was written (Edge indexes only when asked; a server always).
+        Reads and writes go on meanwhile; the backend serialises with writes where it must."""
         await self._space_info(space)
-        async with self._write_lock:
-            await self._optimize(space)
+        await self._optimize(space)
+
+    async def maintain(self) -> None:  # noqa: B027 (deliberately empty: a server's own upkeep)
+        """One pass of upkeep the engine does not do by itself (Edge: build the HNSW graph
+        of spaces with many unindexed points). A Qdrant server does its own: nothing to do."""
+
+    async def maintain_forever(self, interval_seconds: float) -> None:
+        """`maintain` every `interval_seconds`, forever. A failed pass is logged and the next
+        one runs: the loop never dies silently. Cancelling it stops it."""
+        while True:
+            try:
+                await self.maintain()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                _log.exception("vector store upkeep failed; retrying")
+            await asyncio.sleep(interval_seconds)
 
     async def close(self) -> None:
         async with self._write_lock:
