@@ -35,7 +35,15 @@ SPEC = TrainSpec(
     optimizer="auto",
     device="cpu",
     seed=0,
-    augment={"fliplr": 0.5, "erasing": 0.2},
+    # Every kind of augmentation the trainer has, so that the resume tests replay them all.
+    augment={
+        "fliplr": 0.5,
+        "erasing": 0.2,
+        "scale": 0.5,
+        "degrees": 90,
+        "hsv_v": 0.3,
+        "hsv_h": 0.02,
+    },
 )
 
 

@@ -49,7 +49,16 @@ def _digest(root: Path) -> str:
         dataclasses.replace(
             TORCHVISION,
             model="mobilenet_v3_small",
-            augment={"fliplr": 0.5, "erasing": 0.2},
+            augment={
+                "fliplr": 0.5,
+                "erasing": 0.2,
+                "scale": 0.5,
+                "degrees": 180,
+                "translate": 0.1,
+                "hsv_h": 0.015,
+                "hsv_s": 0.7,
+                "hsv_v": 0.4,
+            },
             data_loading=DataLoading(num_workers=2, prefetch_factor=4, pin_memory=True),
         ),
     ],
@@ -84,6 +93,8 @@ def test_valid_specs_pass(spec: TrainSpec) -> None:
         (dataclasses.replace(YOLO, augment={"foo": 0.1}), "augment.foo"),
         (dataclasses.replace(YOLO, augment={"fliplr": 1.5}), "augment.fliplr"),
         (dataclasses.replace(TORCHVISION, augment={"mosaic": 1.0}), "augment.mosaic"),
+        (dataclasses.replace(TORCHVISION, augment={"shear": 2.0}), "augment.shear"),
+        (dataclasses.replace(TORCHVISION, augment={"scale": 1.5}), "augment.scale"),
         (
             dataclasses.replace(YOLO, data_loading=DataLoading(num_workers=-1)),
             "data_loading.num_workers",

@@ -74,8 +74,20 @@ AUGMENT_RANGES: Mapping[str, tuple[float, float]] = {
     "copy_paste": (0.0, 1.0),
     "erasing": (0.0, 1.0),
 }
-# The plain PyTorch classifier implements only these (as probabilities).
-TORCHVISION_AUGMENT_KEYS: tuple[str, ...] = ("fliplr", "flipud", "erasing")
+# The plain PyTorch classifier implements these, with Ultralytics' classification meaning
+# (training/core/classifier_augment.py): flips and erasing as probabilities, scale as the
+# random resized crop's area range, hsv_* as ColorJitter's factors.
+TORCHVISION_AUGMENT_KEYS: tuple[str, ...] = (
+    "fliplr",
+    "flipud",
+    "erasing",
+    "scale",
+    "degrees",
+    "translate",
+    "hsv_h",
+    "hsv_s",
+    "hsv_v",
+)
 
 # Which dataset layouts each task can train on: YOLO detection reads segmentation labels too.
 _DATASETS_FOR_TASK: Mapping[str, tuple[str, ...]] = {

@@ -33,6 +33,7 @@ from visionmesh.training.core.callbacks import (
     TrainResult,
 )
 from visionmesh.training.core.capabilities import resolve_device
+from visionmesh.training.core.classifier_augment import augment_batch
 from visionmesh.training.core.curves import plot_training_curves
 from visionmesh.training.core.spec import TrainSpec, ensure_valid
 
@@ -50,7 +51,6 @@ _RUN_NAME = "run"
 _FINAL_LR_FRACTION = 0.01
 _WARMUP_FRACTION = 0.05
 _AUTO_LR = 1e-3
-_ERASING_SCALE = (0.02, 0.2)
 _CSV_COLUMNS = ("epoch", "time", "train/loss", "val/loss", "top1", "top5", "lr")
 
 
@@ -133,32 +133,16 @@ def _loader(
     )
 
 
-def _augment(x: torch.Tensor, augment: Mapping[str, float]) -> torch.Tensor:
-    """Per-sample flips and random erasing on a float batch; randomness from torch's CPU RNG."""
-    n = x.shape[0]
-    for key, dim in (("fliplr", -1), ("flipud", -2)):
-        p = float(augment.get(key, 0.5 if key == "fliplr" else 0.0))
-        if p > 0:
-            mask = (torch.rand(n) < p).to(x.device)[:, None, None, None]
-            x = torch.where(mask, x.flip(dim), x)
-    p_erase = float(augment.get("erasing", 0.0))
-    if p_erase > 0:
-        h, w = x.shape[-2:]
-        for i in torch.nonzero(torch.rand(n) < p_erase).flatten().tolist():
-            area = float(torch.empty(1).uniform_(*_ERASING_SCALE)) * h * w
-            aspect = math.exp(float(torch.empty(1).uniform_(math.log(0.3), math.log(3.3))))
-            eh = min(h, max(1, round(math.sqrt(area * aspect))))
-            ew = min(w, max(1, round(math.sqrt(area / aspect))))
-            top = int(torch.randint(0, h - eh + 1, (1,)))
-            left = int(torch.randint(0, w - ew + 1, (1,)))
-            x[i, :, top : top + eh, left : left + ew] = 0.0
-    return x
-
-
-def _to_input(x: torch.Tensor, device: torch.device) -> torch.Tensor:
+def _to_input(
+    x: torch.Tensor, device: torch.device, augment: Mapping[str, float] | None = None
+) -> torch.Tensor:
+    """uint8 images to the normalised float batch; augmented first when `augment` is given."""
     mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
     std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
-    return (x.to(device, non_blocking=True).float() / 255.0 - mean) / std
+    images = x.to(device, non_blocking=True).float() / 255.0
+    if augment is not None:
+        images = augment_batch(images, augment, erase_fill=mean[0])
+    return (images - mean) / std
 
 
 def _optimizer(spec: TrainSpec, model: nn.Module) -> tuple[torch.optim.Optimizer, float]:
@@ -441,7 +425,7 @@ def train_classifier(
                 lr = _lr_at(step, total_steps, base_lr)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
-                inputs = _augment(_to_input(x, device), spec.augment)
+                inputs = _to_input(x, device, spec.augment)
                 target = y.to(device, non_blocking=True)
                 with _autocast(device, amp):
                     loss = nn.functional.cross_entropy(model(inputs).float(), target)
