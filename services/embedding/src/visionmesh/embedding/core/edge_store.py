@@ -10,8 +10,9 @@ inline, a few milliseconds each. Edge never indexes on its own: new points are s
 exact scan until its optimizer builds the HNSW graph, which takes minutes at 100k points. So
 the graph is built in a child process, on a copy of the shard (`edge_indexer`), while this
 process goes on serving: writes made meanwhile are kept in a journal, replayed onto the
-indexed copy, which then replaces the shard. `maintain` starts that for every space with at
-least `index_threshold` unindexed points that changed since its last build.
+indexed copy, which then replaces the shard (so a build needs the shard's size again in free
+disk). `maintain` starts that for every space with at least `index_threshold` unindexed
+points that changed since its last build.
 """
 
 from __future__ import annotations
