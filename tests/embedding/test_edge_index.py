@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +16,8 @@ from visionmesh.common.errors import Unavailable
 from visionmesh.embedding.core import edge_store
 from visionmesh.embedding.core.edge_store import EdgeStore
 from visionmesh.embedding.core.vector_store import PointIn, space_name
+
+from tests.gateway.helpers import wait_for
 
 DIM = 384
 SPACE = space_name("index-test", DIM)
@@ -140,8 +141,11 @@ async def test_a_cancelled_build_kills_the_child_and_keeps_the_live_shard(
     async with EdgeStore(tmp_path) as store:
         await fill(store, unit(rng, INDEXABLE))
         build = asyncio.create_task(store.optimize(SPACE))
-        while not (tmp_path / SPACE / "shard.building").exists():
-            await asyncio.sleep(0.01)
+
+        async def started() -> bool:
+            return (tmp_path / SPACE / "shard.building").exists()
+
+        await wait_for(started, within=30, interval=0.01, what="the build to start")
         await asyncio.sleep(0.2)
         build.cancel()
         with pytest.raises(asyncio.CancelledError):
@@ -184,15 +188,11 @@ async def test_the_upkeep_loop_outlives_a_failed_pass(tmp_path: Path) -> None:
 
     store.maintain = flaky  # type: ignore[method-assign]
     loop = asyncio.create_task(store.maintain_forever(0.01))
-    await wait_for(lambda: len(passes) >= 3)
+
+    async def passed_thrice() -> bool:
+        return len(passes) >= 3
+
+    await wait_for(passed_thrice, within=10, interval=0.01, what="three upkeep passes")
     loop.cancel()
     with pytest.raises(asyncio.CancelledError):
         await loop
-
-
-async def wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> None:
-    async def poll() -> None:
-        while not condition():
-            await asyncio.sleep(0.01)
-
-    await asyncio.wait_for(poll(), timeout)
