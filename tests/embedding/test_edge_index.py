@@ -196,3 +196,20 @@ async def test_the_upkeep_loop_outlives_a_failed_pass(tmp_path: Path) -> None:
     loop.cancel()
     with pytest.raises(asyncio.CancelledError):
         await loop
+
+
+async def test_two_builds_of_one_space_at_once_run_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    built = count_builds(monkeypatch)
+    rng = np.random.default_rng(5)
+    async with EdgeStore(tmp_path) as store:
+        await fill(store, unit(rng, INDEXABLE))
+        # Both start while a write holds the lock; only one copies and builds.
+        async with store._write_lock:
+            first = asyncio.create_task(store.optimize(SPACE))
+            second = asyncio.create_task(store.optimize(SPACE))
+            await asyncio.sleep(0.05)
+        await asyncio.gather(first, second)
+        assert len(built) == 1
+        assert store.index_status(SPACE).indexed >= INDEXABLE

@@ -245,11 +245,11 @@ class EdgeStore(VectorStore):
 
     async def _optimize(self, space: str) -> None:
         """Builds the HNSW graph in a child process on a copy, then swaps the copy in."""
-        if space in self._journals:
-            return  # a build of this space is running already
         space_dir = self._space_dir(space)
         building = space_dir / _BUILDING
         async with self._write_lock:
+            if space in self._journals:
+                return  # a build of this space is running already
             shutil.rmtree(building, ignore_errors=True)
             shard = self._shard(space)
             shard.flush()
