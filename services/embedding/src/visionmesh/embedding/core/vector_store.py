@@ -29,8 +29,6 @@ from visionmesh.common.errors import FailedPrecondition, InvalidArgument, NotFou
 from visionmesh.common.logging import get_logger
 from visionmesh.embedding.core.filters import EDGE_BOOL_FIELD, And, Filter, Match
 
-_log = get_logger(__name__)
-
 __all__ = [
     "COLLECTION_FIELD",
     "DEFAULT_INDEX_FIELDS",
@@ -50,6 +48,8 @@ __all__ = [
     "point_uuid",
     "space_name",
 ]
+
+_log = get_logger(__name__)
 
 TENANT_FIELD = "tenant_id"
 COLLECTION_FIELD = "collection"
