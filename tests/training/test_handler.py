@@ -114,13 +114,13 @@ async def test_gpu_out_of_memory_fails_at_once_naming_batch_and_imgsz(
 ) -> None:
     steps = 0
 
-    def out_of_memory(inputs: torch.Tensor, augment: Any) -> torch.Tensor:
+    def out_of_memory(inputs: torch.Tensor, augment: Any, *, erase_fill: Any) -> torch.Tensor:
         nonlocal steps
         steps += 1
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
     # Inside a training step, where a real CUDA allocation would fail.
-    monkeypatch.setattr(classifier_trainer, "_augment", out_of_memory)
+    monkeypatch.setattr(classifier_trainer, "augment_batch", out_of_memory)
     events = await _run_job(object_store, tmp_path, SPEC)
     end = events[-1].state_changed
     assert end.state == job_pb2.JOB_STATE_FAILED
