@@ -109,7 +109,7 @@ UPSERT_BATCH = 32
 # The renders are rotated at random: flips in both directions and any rotation are
 # label-preserving. Crops and shifts stand in for a detector's cut-outs; brightness and
 # saturation for lighting. Hue stays: colour is part of what tells products apart.
-DEFAULT_AUGMENT = {
+CATALOGUE_AUGMENT = {
     "fliplr": 0.5,
     "flipud": 0.5,
     "degrees": 180.0,
@@ -621,7 +621,7 @@ def main() -> None:
     parser.add_argument("--lr0", type=float, default=0.003, help="AdamW, cosine schedule")
     parser.add_argument(
         "--augment",
-        default=json.dumps(DEFAULT_AUGMENT),
+        default=json.dumps(CATALOGUE_AUGMENT),
         help="the training spec's augment map, as JSON",
     )
     parser.add_argument(
